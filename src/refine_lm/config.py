@@ -1,0 +1,142 @@
+"""Typed configuration: dataclasses filled from YAML files and ``key=value`` overrides, validated at start-up.
+
+Every command has one config dataclass. ``load_config(Cls, "run.yaml", ["optim.lr=3e-4"])``
+reads the file, applies the overrides (values parsed as YAML), and builds the dataclass,
+refusing unknown keys and values of the wrong type with a message that names the file and
+the field — before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build ``cls`` from an optional YAML file and ``dotted.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        source = f"{path} + command-line overrides" if overrides else str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {type(loaded).__name__}")
+        data = loaded
+    for override in overrides:
+        _apply_override(data, override)
+    return from_dict(cls, data, source)
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like key=value (e.g. max_new_tokens=32)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, recursively; errors name ``source`` and the dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix + str(unknown[0])!r} for {cls.__name__} (valid keys: {', '.join(sorted(fields))})"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, source, prefix + name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, source, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{source}: {key}: {value!r} matches none of {tp}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, source, key + ".")
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        converted = [_convert(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(converted) if origin is tuple or tp is tuple else converted
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{source}: {key}: unsupported field type {tp}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain data (for logs and for writing next to checkpoints)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,1 @@
+"""Pure tensor math: no parameters, no modules."""

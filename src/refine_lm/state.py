@@ -1,0 +1,154 @@
+"""Recurrent memory states: the contract between the models and everything that drives them.
+
+A fast-weight layer's memory is a handful of tensors (a delta-rule matrix, a short-conv buffer,
+the weights of a small MLP, a sliding KV cache...). Every field of a state is a tensor whose
+first dimension is the batch, so one generic set of operations serves all architectures:
+clone / detach (snapshot a prefix), ``index`` / ``repeat_interleave`` (fan one prefix out to
+many rollouts), ``cat`` (gather rollouts of several sequences into one batch) and ``to``
+(device / dtype moves; the recurrent matrices stay in fp32 unless asked otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+import torch
+from torch import Tensor
+
+S = TypeVar("S", bound="TensorState")
+
+
+def _apply(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, TensorState):
+        return value.map(fn)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_apply(fn, v) for v in value)
+    raise TypeError(f"state fields must be tensors, states, lists of them or None, got {type(value).__name__}")
+
+
+def _cat(values: Sequence[Any]) -> Any:
+    first = values[0]
+    if first is None:
+        if any(v is not None for v in values):
+            raise ValueError("cannot concatenate states where a field is None in some and set in others")
+        return None
+    if isinstance(first, Tensor):
+        return torch.cat(list(values), dim=0)
+    if isinstance(first, TensorState):
+        return type(first).cat(values)
+    if isinstance(first, (list, tuple)):
+        if any(len(v) != len(first) for v in values):
+            raise ValueError("cannot concatenate states with different numbers of layers")
+        return type(first)(_cat([v[i] for v in values]) for i in range(len(first)))
+    raise TypeError(f"cannot concatenate state field of type {type(first).__name__}")
+
+
+def _first_tensor(value: Any) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, TensorState):
+        for f in dataclasses.fields(value):
+            found = _first_tensor(getattr(value, f.name))
+            if found is not None:
+                return found
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            found = _first_tensor(v)
+            if found is not None:
+                return found
+    return None
+
+
+class TensorState:
+    """Base class for states. Subclasses are dataclasses whose tensor fields are batch-first."""
+
+    def map(self: S, fn: Callable[[Tensor], Tensor]) -> S:
+        """A new state with ``fn`` applied to every tensor (recursively)."""
+        changes = {f.name: _apply(fn, getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def clone(self: S) -> S:
+        return self.map(torch.clone)
+
+    def detach(self: S) -> S:
+        return self.map(Tensor.detach)
+
+    def to(self: S, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> S:
+        """Move to a device and/or cast floating-point tensors to ``dtype`` (integer tensors keep theirs)."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+
+        return self.map(move)
+
+    def index(self: S, idx: Tensor | slice | Sequence[int]) -> S:
+        """Select batch rows: ``state.index(torch.tensor([0, 0, 2]))`` duplicates row 0 and keeps row 2."""
+        if isinstance(idx, Sequence) and not isinstance(idx, Tensor):
+            idx = torch.as_tensor(list(idx), dtype=torch.long)
+        return self.map(lambda t: t[idx])
+
+    def repeat_interleave(self: S, repeats: int) -> S:
+        """Each row repeated ``repeats`` times in place: rows [a, b] -> [a, a, b, b] for repeats=2."""
+        return self.map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    @classmethod
+    def cat(cls: type[S], states: Sequence[S]) -> S:
+        """Concatenate states along the batch dimension."""
+        if not states:
+            raise ValueError("cat() needs at least one state")
+        fields = dataclasses.fields(states[0])  # type: ignore[arg-type]
+        return dataclasses.replace(states[0], **{f.name: _cat([getattr(s, f.name) for s in states]) for f in fields})  # type: ignore[type-var]
+
+    @property
+    def batch_size(self) -> int:
+        t = _first_tensor(self)
+        if t is None:
+            raise ValueError(f"{type(self).__name__} holds no tensors")
+        return t.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        t = _first_tensor(self)
+        if t is None:
+            raise ValueError(f"{type(self).__name__} holds no tensors")
+        return t.device
+
+
+@dataclasses.dataclass
+class DeltaRuleState(TensorState):
+    """Memory of one (Gated) DeltaNet layer.
+
+    recurrent: ``[B, H, d_k, d_v]`` fast-weight matrix S (fp32).
+    conv: ``[B, conv_size - 1, D_q + D_k + D_v]`` the last pre-convolution inputs of q, k and v,
+        concatenated on the channel axis (``None`` when the layer has no short convolution).
+    """
+
+    recurrent: Tensor
+    conv: Tensor | None = None
+
+
+@dataclasses.dataclass
+class ModelState(TensorState):
+    """Memory of a whole model: one state per layer."""
+
+    layers: list[TensorState]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> TensorState:
+        return self.layers[i]
+
+
+class StateQuery(NamedTuple):
+    """A request for mid-sequence states: "the state after reading the first ``lengths[i]`` tokens
+    of batch row ``rows[i]``" (both ``[M]`` long tensors, lengths counted within the call's input)."""
+
+    rows: Tensor
+    lengths: Tensor

@@ -1,0 +1,43 @@
+"""The refine-lm command line."""
+
+from __future__ import annotations
+
+from refine_lm.cli import main
+from refine_lm.models.registry import load_model
+
+
+def test_generate_builds_saves_and_reloads(tmp_path, capsys):
+    target = tmp_path / "tiny"
+    assert main(["generate", f"save_to={target}", "max_new_tokens=5", "num_samples=2", "prompt=Hi"]) == 0
+    printed = capsys.readouterr().out
+    assert "sample 1" in printed and "decode:" in printed
+    assert load_model(target).config.model_type == "delta_net"
+    assert main(["generate", f"model={target}", "do_sample=false", "max_new_tokens=3"]) == 0
+
+
+def test_generate_with_a_config_file_and_gated_model(tmp_path, capsys):
+    path = tmp_path / "gen.yaml"
+    path.write_text("model: random:gated_deltanet:tiny\nmax_new_tokens: 4\nprecision: bf16\n")
+    assert main(["generate", "--config", str(path)]) == 0
+    assert "gated_deltanet" in capsys.readouterr().out
+
+
+def test_bad_settings_exit_2_with_a_message(tmp_path, capsys):
+    path = tmp_path / "gen.yaml"
+    path.write_text("max_tokens: 4\n")
+    assert main(["generate", "--config", str(path)]) == 2
+    assert f"{path}: unknown key 'max_tokens'" in capsys.readouterr().err
+    assert main(["generate", "model=random:transformer"]) == 2
+    assert "random:<arch>" in capsys.readouterr().err
+    assert main(["generate", f"model={tmp_path}"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_bench_models_runs_at_toy_sizes(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = [
+        "bench", "models", "archs=[gated_deltanet]", "preset=tiny", "train_len=40", "decode_batches=[2]",
+        "decode_tokens=2", "prefill_lengths=[64,128]", "ratio_lengths=[64,128]", "repeats=1", f"output={out}",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert out.is_file() and out.with_suffix(".png").is_file() and "memory ratio" in capsys.readouterr().out

@@ -1,0 +1,58 @@
+"""Config loading: YAML + overrides into dataclasses, with errors that name the file and the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from refine_lm.config import ConfigError, load_config
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    schedule: Literal["constant", "cosine"] = "constant"
+
+
+@dataclass
+class Run:
+    name: str = "run"
+    steps: int = 10
+    seed: int | None = None
+    lengths: list[int] = field(default_factory=lambda: [1, 2])
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 5\noptim:\n  lr: 0.1\n")
+    cfg = load_config(Run, path, ["optim.schedule=cosine", "lengths=[4, 8]", "seed=3"])
+    assert cfg == Run(name="run", steps=5, seed=3, lengths=[4, 8], optim=Optim(lr=0.1, schedule="cosine"))
+    assert load_config(Run).optim.lr == 1e-3
+    assert load_config(Run, overrides=["optim.lr=1"]).optim.lr == 1.0  # ints are fine where floats are expected
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("stepz: 5\n", [], r"run.yaml: unknown key 'stepz' for Run"),
+        ("optim:\n  learning_rate: 1\n", [], r"unknown key 'optim.learning_rate' for Optim"),
+        ("steps: five\n", [], r"run.yaml: steps: expected an integer, got 'five'"),
+        ("", ["optim.schedule=linear"], r"optim.schedule: must be one of 'constant', 'cosine'"),
+        ("- 1\n- 2\n", [], r"top level must be a mapping"),
+        ("", ["steps"], r"must look like key=value"),
+        ("steps: [1\n", [], r"invalid YAML"),
+    ],
+)
+def test_errors_name_the_file_and_field(tmp_path, text, overrides, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(Run, path, overrides)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match=r"cannot read config file nope\.yaml"):
+        load_config(Run, "nope.yaml")
