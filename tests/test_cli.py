@@ -41,3 +41,11 @@ def test_bench_models_runs_at_toy_sizes(tmp_path, capsys):
     ]  # fmt: skip
     assert main(args) == 0
     assert out.is_file() and out.with_suffix(".png").is_file() and "memory ratio" in capsys.readouterr().out
+
+
+def test_flags_are_overrides_too(tmp_path, capsys):
+    target = tmp_path / "m"
+    assert main(["generate", "--save-to", str(target), "--max-new-tokens", "2", "--do-sample=false", "--prompt", "ab"]) == 0
+    assert (target / "config.json").is_file()
+    assert main(["generate", "--max-tokens", "2"]) == 2
+    assert "unknown key 'max_tokens'" in capsys.readouterr().err

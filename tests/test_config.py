@@ -56,3 +56,10 @@ def test_errors_name_the_file_and_field(tmp_path, text, overrides, message):
 def test_missing_file():
     with pytest.raises(ConfigError, match=r"cannot read config file nope\.yaml"):
         load_config(Run, "nope.yaml")
+
+
+def test_lists_from_comma_separated_strings_and_single_items():
+    assert load_config(Run, overrides=["lengths=1024,2048"]).lengths == [1024, 2048]
+    assert load_config(Run, overrides=["lengths=4096"]).lengths == [4096]
+    with pytest.raises(ConfigError, match=r"lengths\[1\]: expected an integer"):
+        load_config(Run, overrides=["lengths=1,x"])

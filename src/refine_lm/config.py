@@ -109,8 +109,10 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, source, key + ".")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {key}: expected a list, got {value!r}")
+        if isinstance(value, str):  # "a,b,c" from the command line
+            value = [yaml.safe_load(v.strip()) for v in value.split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]  # a single item
         item = args[0] if args else Any
         converted = [_convert(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(converted) if origin is tuple or tp is tuple else converted

@@ -9,12 +9,16 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 
 
-def run_bench(suite: str, config_path: str | None, overrides: list[str]) -> None:
-    script = BENCHMARKS / f"bench_{suite}.py"
+def add_arguments(parser) -> None:
+    parser.add_argument("suite", help="which benchmarks/bench_<suite>.py to run, e.g. models")
+
+
+def run(args) -> None:
+    script = BENCHMARKS / f"bench_{args.suite}.py"
     if not script.is_file():
         raise FileNotFoundError(f"{script} not found: benchmarks run from a source checkout (pip install -e .)")
-    spec = importlib.util.spec_from_file_location(f"bench_{suite}", script)
+    spec = importlib.util.spec_from_file_location(f"bench_{args.suite}", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
-    module.main(config_path, overrides)
+    module.main(args.config, args.overrides)

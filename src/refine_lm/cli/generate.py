@@ -86,8 +86,8 @@ def resolve_tokenizer(spec: str, vocab_size: int):
     return ByteTokenizer()
 
 
-def run_generate(config_path: str | None, overrides: list[str]) -> None:
-    cfg = load_config(GenerateConfig, config_path, overrides)
+def run(args) -> None:
+    cfg = load_config(GenerateConfig, args.config, args.overrides)
     torch.manual_seed(cfg.seed)
     model = resolve_model(cfg.model, cfg.seed).to(cfg.device).eval()
     model.set_backend(cfg.backend)
