@@ -52,20 +52,31 @@ class TokenStats:
     entropy: Tensor  # [...] nats
     argmax: Tensor  # [...] most likely next token
     logprobs: Tensor | None = None  # [...] log p(target), 0 where the target is ignored
+    sampled: Tensor | None = None  # [...] a token drawn from the distribution (temperature 1)
 
 
 @torch.no_grad()
-def token_stats(hidden: Tensor, weight: Tensor, targets: Tensor | None = None, *, slice_len: int = 2048) -> TokenStats:
-    """Entropy, argmax and (with targets) target log-probs of ``softmax(hidden @ weight.T)``."""
+def token_stats(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor | None = None,
+    *,
+    slice_len: int = 2048,
+    generator: torch.Generator | None = None,
+) -> TokenStats:
+    """Entropy, argmax, (with targets) target log-probs and (with a generator) samples of
+    ``softmax(hidden @ weight.T)``."""
     shape = hidden.shape[:-1]
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = None if targets is None else targets.reshape(-1)
-    entropy, argmax, logprobs = [], [], []
+    entropy, argmax, logprobs, sampled = [], [], [], []
     for start in range(0, flat_h.shape[0], slice_len):
         logits = upcast(flat_h[start : start + slice_len] @ weight.T)
         logp = logits.log_softmax(-1)
         entropy.append(-(logp.exp() * logp).sum(-1))
         argmax.append(logits.argmax(-1))
+        if generator is not None:
+            sampled.append(torch.multinomial(logp.exp(), 1, generator=generator)[:, 0])
         if flat_t is not None:
             t = flat_t[start : start + slice_len]
             picked = logp.gather(-1, t.clamp(min=0)[:, None])[:, 0]
@@ -75,4 +86,5 @@ def token_stats(hidden: Tensor, weight: Tensor, targets: Tensor | None = None, *
         entropy=(torch.cat(entropy) if entropy else empty).reshape(shape),
         argmax=(torch.cat(argmax) if argmax else empty.long()).reshape(shape),
         logprobs=None if flat_t is None else (torch.cat(logprobs) if logprobs else empty).reshape(shape),
+        sampled=None if generator is None else (torch.cat(sampled) if sampled else empty.long()).reshape(shape),
     )
