@@ -124,11 +124,12 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_train_loop import periodic_batch
     from refine_lm.models.registry import build_model
+    from refine_lm.refine.objective import RefineConfig, RefineObjective
     from refine_lm.train.loop import LoopConfig, train
     from refine_lm.train.ntp import NextTokenObjective
     from refine_lm.train.optim import OptimConfig
 
-    out, kill_at = sys.argv[1], int(sys.argv[2])
+    out, kill_at, method = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
     def batch_at(step):
         if step == kill_at:
@@ -138,17 +139,22 @@ SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
     model = build_model("delta_net", "tiny", seed=0)
     loop = LoopConfig(steps=8, batch_size=4, micro_batch_size=2, save_every=3)
-    train(loop, OptimConfig(lr=1e-2, schedule="cosine", warmup_steps=2), model, NextTokenObjective(2), batch_at, out)
+    if method == "refine":  # samples rollouts: every random draw must replay identically after the resume
+        objective = RefineObjective(RefineConfig(num_chunks=2, rollout_len=3, margin=2, mini_batches=2, ppo_epochs=2), 1)
+    else:
+        objective = NextTokenObjective(2)
+    train(loop, OptimConfig(lr=1e-2, schedule="cosine", warmup_steps=2), model, objective, batch_at, out)
     """
 )
 
 
-def test_killed_run_resumes_to_identical_weights(tmp_path):
+@pytest.mark.parametrize("method", ["ntp", "refine"])
+def test_killed_run_resumes_to_identical_weights(tmp_path, method):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent)))
 
     def launch(out, kill_at):
-        return subprocess.run([sys.executable, str(script), str(out), str(kill_at)], capture_output=True, text=True)
+        return subprocess.run([sys.executable, str(script), str(out), str(kill_at), method], capture_output=True, text=True)
 
     straight = launch(tmp_path / "straight", -1)
     assert straight.returncode == 0, straight.stderr

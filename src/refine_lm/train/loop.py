@@ -86,8 +86,9 @@ class Objective(Protocol):
         """Yield, for each optimiser update, the micro-batches whose summed losses make it."""
         ...
 
-    def loss(self, model: nn.Module, micro: Any) -> tuple[Tensor, dict[str, float]]:
-        """The micro-batch's share of its update's loss, and metrics (``weight`` weights their average)."""
+    def loss(self, model: nn.Module, micro: Any) -> tuple[Tensor, dict[str, Any]]:
+        """The micro-batch's share of its update's loss (the update's loss is their sum), and metrics:
+        numbers, or ``(value, weight)`` pairs for weighted averages over micro-batches."""
         ...
 
 
@@ -104,15 +105,15 @@ def load_weights(model: nn.Module, checkpoint: Path) -> None:
         raise TrainingError(f"{checkpoint}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
 
 
-def _average(records: list[dict[str, float]]) -> dict[str, float]:
+def _average(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Weighted means of metric records whose values are numbers (weight 1) or ``(value, weight)``."""
     total: dict[str, float] = {}
     weights: dict[str, float] = {}
     for record in records:
-        w = float(record.get("weight", 1.0))
         for key, value in record.items():
-            if key != "weight":
-                total[key] = total.get(key, 0.0) + w * float(value)
-                weights[key] = weights.get(key, 0.0) + w
+            value, weight = value if isinstance(value, tuple) else (value, 1.0)
+            total[key] = total.get(key, 0.0) + float(weight) * float(value)
+            weights[key] = weights.get(key, 0.0) + float(weight)
     return {k: total[k] / max(weights[k], 1e-12) for k in total}
 
 
@@ -136,7 +137,11 @@ def train(
     scheduler = build_scheduler(optimizer, optim, loop.steps * objective.updates_per_step)
 
     start_step, bad_in_a_row = 0, 0
-    checkpoints = list_checkpoints(output_dir) if loop.resume else []
+    checkpoints = list_checkpoints(output_dir)
+    if checkpoints and not loop.resume:
+        raise TrainingError(
+            f"{output_dir} already holds checkpoints of an earlier run: use resume=true or another output directory"
+        )
     if checkpoints:
         state = load_trainer_state(checkpoints[-1])
         load_weights(model, checkpoints[-1])
@@ -205,7 +210,7 @@ def train(
                 bad_in_a_row = 0
                 optimizer.step()
                 scheduler.step()
-                update_metrics.append({**_average(records), "grad_norm": grad_norm})
+                update_metrics.append({**_average(records), "loss": loss_sum, "grad_norm": grad_norm})
         seconds = time.perf_counter() - started
         done = step + 1
         last = {
@@ -215,6 +220,8 @@ def train(
             "tokens_per_s": batch.numel() / seconds,
             "skipped_updates": skipped,
         }
+        if hasattr(objective, "step_metrics"):  # e.g. rewards of the step's rollouts
+            last.update(objective.step_metrics())
         if done % loop.log_every == 0 or done == loop.steps:
             log.write({"step": done, "split": "train", **last})
         progress.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "grad_norm", "tokens_per_s") if k in last})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,21 +13,27 @@ from ..ops.lm_head import token_stats
 
 
 class NextTokenObjective:
-    """Mean cross-entropy over every predicted token of the batch, accumulated over micro-batches."""
+    """Mean cross-entropy over every predicted token, accumulated over micro-batches.
 
-    updates_per_step = 1
+    ``mini_batches`` > 1 splits each batch into that many optimiser updates (to match the number of
+    updates per batch of a REFINE run, for step-matched comparisons).
+    """
 
-    def __init__(self, micro_batch_size: int):
+    def __init__(self, micro_batch_size: int, mini_batches: int = 1):
         self.micro_batch_size = micro_batch_size
+        self.updates_per_step = mini_batches
 
     def updates(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Iterator[list[tuple[Tensor, int]]]:
-        predicted = batch.shape[0] * (batch.shape[1] - 1)
-        yield [(micro, predicted) for micro in batch.split(self.micro_batch_size)]
+        if batch.shape[0] % self.updates_per_step:
+            raise ValueError(f"batch of {batch.shape[0]} sequences does not split into {self.updates_per_step} mini-batches")
+        for mini in batch.split(batch.shape[0] // self.updates_per_step):
+            predicted = mini.shape[0] * (mini.shape[1] - 1)
+            yield [(micro, predicted) for micro in mini.split(self.micro_batch_size)]
 
-    def loss(self, model: nn.Module, micro: tuple[Tensor, int]) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, micro: tuple[Tensor, int]) -> tuple[Tensor, dict[str, Any]]:
         ids, predicted = micro
         out = model(ids, labels=ids, return_logits=False, return_hidden="none")
-        return out.loss * (out.num_tokens / predicted), {"loss": float(out.loss.detach()), "weight": out.num_tokens}
+        return out.loss * (out.num_tokens / predicted), {"ntp_loss": (float(out.loss.detach()), out.num_tokens)}
 
 
 @torch.no_grad()
