@@ -63,6 +63,12 @@ def test_short_documents_are_counted_and_named(corpus):
     assert len(SequenceDataset(corpus, "test", int(longest) + 1, allow_empty=True)) == 0
 
 
+def test_windows_that_cut_synthetic_episodes_are_flagged(corpus):
+    assert "windows cut episodes" in SequenceDataset(corpus, "train", 300).describe()
+    assert "windows cut episodes" not in SequenceDataset(corpus, "train", 1024).describe()
+    assert "windows cut episodes" not in SequenceDataset(corpus, "train", 300, exclude_sources=["synthetic"]).describe()
+
+
 def test_sources_can_be_selected(corpus):
     real = SequenceDataset(corpus, "train", 256, exclude_sources=["synthetic"])
     synthetic = SequenceDataset(corpus, "train", 256, sources=["synthetic"])

@@ -97,6 +97,10 @@ def test_synthetic_episodes_state_facts_early_and_ask_them_later(built):
                 assert answer.startswith(" ") and stated  # a statement earlier in the same episode gave the value
 
 
+def test_token_ids_fit_their_storage_type():
+    assert prepare_module.token_dtype(65536) == np.uint16 and prepare_module.token_dtype(65537) == np.uint32
+
+
 def test_templates_differ_from_the_evaluation_needles():
     for template in FACT_TEMPLATES + QUESTION_TEMPLATES:
         assert "special magic" not in template.lower() and "mentioned in the provided text" not in template.lower()

@@ -209,6 +209,13 @@ class SequenceDataset(torch.utils.data.Dataset):
             f"({self.short_tokens:,} tokens, {100 * self.short_tokens / total:.1f}%), "
             f"{self.tail_tokens:,} tokens of document tails unused ({100 * self.tail_tokens / total:.1f}%)"
         )
+        episode = self.corpus.manifest.get("synthetic", {}).get("episode_tokens")
+        has_synthetic = (
+            "synthetic" in self.corpus.source_names
+            and (self.corpus.index(self.split)[self.documents, 2] == self.corpus.source_names.index("synthetic")).any()
+        )
+        if has_synthetic and episode and self.seq_len % episode:
+            text += f"; note: seq_len is not a multiple of the synthetic episode length {episode}, so windows cut episodes"
         if not brief and len(self.short_documents):
             records, index = self.corpus.records(self.split), self.corpus.index(self.split)
             examples = ", ".join(f"{records[d]['id']} ({index[d, 1]} tokens)" for d in self.short_documents[:5])
