@@ -32,6 +32,7 @@ def test_defaults_file_and_overrides(tmp_path):
     assert cfg == Run(name="run", steps=5, seed=3, lengths=[4, 8], optim=Optim(lr=0.1, schedule="cosine"))
     assert load_config(Run).optim.lr == 1e-3
     assert load_config(Run, overrides=["optim.lr=1"]).optim.lr == 1.0  # ints are fine where floats are expected
+    assert load_config(Run, overrides=["optim.lr=3e-4"]).optim.lr == 3e-4  # YAML 1.1 reads this as a string
 
 
 @pytest.mark.parametrize(

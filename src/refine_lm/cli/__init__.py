@@ -17,11 +17,15 @@ import sys
 from collections.abc import Sequence
 
 from ..config import ConfigError
+from ..data.sources import DataError
+from ..train.checkpoint import CheckpointError
+from ..train.loop import TrainingError
 
 # name -> one-line help; the module refine_lm.cli.<name> implements it
 COMMANDS: dict[str, str] = {
     "generate": "sample continuations of a prompt from a model",
     "data": "prepare a corpus: sources -> split -> tokenizer -> token files (data prepare)",
+    "pretrain": "next-token pretraining from scratch on a prepared corpus",
     "bench": "run a benchmark suite from benchmarks/ (prints side-by-side ratios)",
 }
 
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.overrides = parse_overrides(extra)
         importlib.import_module(f"{__name__}.{args.command}").run(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, DataError, CheckpointError, TrainingError) as e:
         print(f"refine-lm {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,93 @@
+"""Where a trainer's batches come from: a prepared corpus (``refine-lm data prepare``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data import PreparedCorpus, SequenceDataset, StepBatchSampler
+from .ntp import next_token_metrics
+
+
+@dataclass
+class DataConfig:
+    """Training and validation sequences.
+
+    corpus: a prepared corpus directory.
+    seq_len: tokens per training sequence (windows never cross a document boundary).
+    exclude_sources: sources left out of training (e.g. ``[synthetic]`` for real text only).
+    validation_sequences: held-out windows of the validation split (real text) used for the NTP
+        loss and next-token accuracy at every validation.
+    validation_seq_len: their length (0: seq_len).
+    recall_sequences: held-out synthetic recall episodes scored for answer accuracy (0: none).
+    """
+
+    corpus: str = "runs/data/default"
+    seq_len: int = 1024
+    exclude_sources: list[str] = field(default_factory=list)
+    validation_sequences: int = 16
+    validation_seq_len: int = 0
+    recall_sequences: int = 16
+
+
+class TrainingData:
+    """The batches of every step (a function of the step: exact resume) and the validation sets."""
+
+    def __init__(self, cfg: DataConfig, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.corpus = PreparedCorpus(cfg.corpus)
+        self.train = SequenceDataset(self.corpus, "train", cfg.seq_len, exclude_sources=cfg.exclude_sources)
+        self.sampler = StepBatchSampler(len(self.train), batch_size, seed, rank, world_size)
+        val_len = cfg.validation_seq_len or cfg.seq_len
+        self.validation = SequenceDataset(self.corpus, "validation", val_len, exclude_sources=["synthetic"], allow_empty=True)
+        self.recall = None
+        if cfg.recall_sequences and "synthetic" in self.corpus.source_names:
+            episodes = SequenceDataset(self.corpus, "validation", val_len, sources=["synthetic"], allow_empty=True)
+            self.recall = episodes if len(episodes) else None
+
+    def tokenizer(self):
+        return self.corpus.tokenizer()
+
+    def batch_at(self, step: int) -> Tensor:
+        return self.train.get_batch(self.sampler.indices(step))
+
+    def _spread(self, dataset: SequenceDataset, count: int) -> list[int]:
+        """``count`` windows spread evenly over the dataset (deterministic)."""
+        return np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int).tolist()
+
+    def validator(self, batch_size: int = 4) -> Callable[[nn.Module], dict[str, float]]:
+        """Held-out NTP loss / perplexity / accuracy (argmax and sampled), and recall-answer accuracy."""
+        chosen = self._spread(self.validation, self.cfg.validation_sequences) if len(self.validation) else []
+        recall = self._spread(self.recall, self.cfg.recall_sequences) if self.recall is not None else []
+
+        def validate(model: nn.Module) -> dict[str, float]:
+            result: dict[str, float] = {}
+            if chosen:
+                batches = [self.validation.get_batch(chosen[i : i + batch_size]) for i in range(0, len(chosen), batch_size)]
+                result.update(next_token_metrics(model, batches))
+            if recall:
+                result["recall_acc"] = recall_accuracy(model, self.recall, recall)
+            return result
+
+        return validate
+
+
+@torch.no_grad()
+def recall_accuracy(model: nn.Module, episodes: SequenceDataset, indices: list[int]) -> float:
+    """Share of answer tokens of synthetic recall episodes that the model predicts (argmax)."""
+    correct = total = 0
+    for i in indices:
+        positions = torch.as_tensor(episodes.answer_positions(i), dtype=torch.long)
+        positions = positions[positions > 0]
+        if not len(positions):
+            continue
+        ids = episodes[i][None].to(model.device)
+        hidden = model(ids, return_logits=False).last_hidden_state[0, positions - 1]
+        predicted = (hidden @ model.lm_head.weight.T).argmax(-1)
+        correct += int((predicted == ids[0, positions]).sum())
+        total += len(positions)
+    return correct / max(total, 1)
