@@ -21,6 +21,7 @@ from ..config import ConfigError
 # name -> one-line help; the module refine_lm.cli.<name> implements it
 COMMANDS: dict[str, str] = {
     "generate": "sample continuations of a prompt from a model",
+    "eval": "evaluate a model: NIAH, RULER QA, LongBench, perplexity by position (JSON, markdown, plots)",
     "bench": "run a benchmark suite from benchmarks/ (prints side-by-side ratios)",
 }
 
