@@ -14,6 +14,7 @@ from refine_lm.eval.perplexity import bucket_edges, position_stats, summarise_pe
 from refine_lm.eval.qa import score_qa
 from refine_lm.eval.records import write_records
 from refine_lm.eval.runner import Evaluator, Example, ExampleCache, newline_token_ids
+from refine_lm.eval.suite import EvalConfig, fingerprint
 from refine_lm.eval.synthetic import filler_text
 
 from .conftest import tiny_model
@@ -178,8 +179,24 @@ def test_refine_lm_eval_end_to_end(tmp_path, tiny_model_dir, capsys):
         assert (out / name).is_file(), name
     cached = [json.loads(line) for line in (out / "cache" / "niah_single.jsonl").read_text().splitlines()]
     assert len(cached) == 4 and all(r["prompt_tokens"] <= 600 for r in cached)
-    assert main(args) == 0  # everything cached: the same results again
-    assert json.loads((out / "results.json").read_text())["results"] == results
+    assert main(args) == 0  # everything cached: the same results again, nothing generated
+    again = json.loads((out / "results.json").read_text())
+    assert again["results"] == results and again["throughput"]["generated_tokens"] == 0
+
+
+def test_cache_fingerprint_follows_the_weights(tmp_path, tiny_model_dir):
+    import os
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model_dir)
+    cfg = EvalConfig(model=str(model_dir))
+    before = fingerprint(cfg)
+    assert fingerprint(EvalConfig(model=str(model_dir))) == before
+    weights = model_dir / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten in place
+    assert fingerprint(cfg) != before
+    assert fingerprint(EvalConfig(model=str(model_dir), max_length=100)) != fingerprint(cfg)
 
 
 def test_refine_lm_eval_bad_input(tmp_path, tiny_model_dir, capsys):

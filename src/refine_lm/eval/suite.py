@@ -125,9 +125,15 @@ class EvalConfig:
 
 
 def fingerprint(cfg: EvalConfig) -> str:
-    """What identifies answers in the cache besides the prompt: model, tokenizer and generation settings."""
+    """What identifies answers in the cache besides the prompt: model (path and weight files, so a checkpoint
+    rewritten in place is not mistaken for the old one), tokenizer and generation settings."""
     keys = ("model", "tokenizer", "max_length", "do_sample", "temperature", "top_p", "seed", "precision", "backend")
-    return json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True)
+    identity = {k: getattr(cfg, k) for k in keys}
+    model_dir = Path(cfg.model)
+    if model_dir.is_dir():
+        weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+        identity["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    return json.dumps(identity, sort_keys=True)
 
 
 def make_evaluator(cfg: EvalConfig, model, tokenizer) -> Evaluator:
