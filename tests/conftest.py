@@ -29,3 +29,20 @@ def model(arch):
 def random_ids(batch: int, length: int, vocab: int = 512, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, length), generator=g)
+
+
+@pytest.fixture(scope="session")
+def eval_tokenizer():
+    """A byte-level BPE tokenizer (vocab 512, fits the tiny preset) trained on made-up text, nothing downloaded."""
+    from refine_lm.eval.synthetic import tokenizer_training_text, train_byte_bpe_tokenizer
+
+    return train_byte_bpe_tokenizer(tokenizer_training_text(), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, eval_tokenizer):
+    """A saved tiny DeltaNet with the tokenizer next to it, as ``refine-lm eval --model DIR`` expects."""
+    path = tmp_path_factory.mktemp("tiny-eval-model")
+    build_model("delta_net", "tiny", seed=0).save_pretrained(path)
+    eval_tokenizer.save_pretrained(path)
+    return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from refine_lm.cli import main
 from refine_lm.models.registry import load_model
 
@@ -49,3 +51,13 @@ def test_flags_are_overrides_too(tmp_path, capsys):
     assert (target / "config.json").is_file()
     assert main(["generate", "--max-tokens", "2"]) == 2
     assert "unknown key 'max_tokens'" in capsys.readouterr().err
+
+
+def test_bench_eval_runs_at_toy_sizes(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["bench", "eval", "preset=tiny", "archs=[delta_net]", "length=300", "examples=2", "batch_sizes=[2]",
+            "max_new_tokens=2", f"output={out}"]  # fmt: skip
+    assert main(args) == 0
+    assert "generated tokens/s" in capsys.readouterr().out
+    result = json.loads(out.read_text())["results"]["delta_net"]["2"]
+    assert result["generated_tokens"] == 4 and result["prompt_tokens"] > 500
