@@ -46,3 +46,15 @@ def tiny_model_dir(tmp_path_factory, eval_tokenizer):
     build_model("delta_net", "tiny", seed=0).save_pretrained(path)
     eval_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A prepared corpus of generated text (BPE vocab 512, synthetic recall episodes of 512 tokens)."""
+    from refine_lm.data import prepare_corpus
+
+    from .data_helpers import small_config, write_text_corpus
+
+    root = tmp_path_factory.mktemp("tiny-corpus")
+    write_text_corpus(root / "text", n_docs=30)
+    return prepare_corpus(small_config(root / "text", root / "prepared"))

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "generate": "sample continuations of a prompt from a model",
     "data": "prepare a corpus: sources -> split -> tokenizer -> token files (data prepare)",
     "pretrain": "next-token pretraining from scratch on a prepared corpus",
+    "train": "continue training a checkpoint: --phase mid --method refine|sft",
     "eval": "evaluate a model: NIAH, RULER QA, LongBench, perplexity by position (JSON, markdown, plots)",
     "bench": "run a benchmark suite from benchmarks/ (prints side-by-side ratios)",
 }

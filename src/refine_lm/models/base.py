@@ -198,6 +198,9 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
         self.recurrence = Recurrence()
         self.segment_len = 4096
         self.logits_slice_len = 2048
+        # forward-equivalent tokens read so far (x3 when gradients are on: forward + backward);
+        # trainers log its increase per step so compute budgets can be compared honestly
+        self.compute_tokens = 0
         self.post_init()
 
     # ----- Hugging Face plumbing --------------------------------------------------------------
@@ -253,6 +256,7 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
             raise ValueError(f"return_hidden must be 'all', 'last' or 'none', got {return_hidden!r}")
         B, L = input_ids.shape
         device = input_ids.device
+        self.compute_tokens += B * L * (3 if torch.is_grad_enabled() else 1)
         padding = _padding_layout(attention_mask, B, L)
         starts = padding.starts if padding is not None else torch.zeros(B, dtype=torch.long, device=device)
         lengths = padding.lengths if padding is not None else torch.full((B,), L, dtype=torch.long, device=device)
@@ -350,6 +354,7 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
 
     def step(self, input_ids: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """Read one token per row with the recurrent form: ``[B]`` -> ``(hidden [B, D], new state)``."""
+        self.compute_tokens += input_ids.numel() * (3 if torch.is_grad_enabled() else 1)
         return self.model.step(input_ids, state)
 
     # ----- generation -------------------------------------------------------------------------
@@ -406,7 +411,7 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
             finished = finished | torch.isin(token, eos)
             last = j == max_new_tokens - 1 or bool(finished.all())
             if not last or return_hidden or return_state:
-                hidden, state = self.model.step(token, state)
+                hidden, state = self.step(token, state)
                 hiddens.append(hidden)
             if last:
                 break

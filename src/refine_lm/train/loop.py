@@ -182,6 +182,7 @@ def train(
     progress = tqdm(range(start_step, loop.steps), initial=start_step, total=loop.steps, desc="train", dynamic_ncols=True)
     for step in progress:
         started = time.perf_counter()
+        compute_before = getattr(model, "compute_tokens", 0)
         batch = batch_at(step).to(device)
         generator = step_generator(loop.seed, step, device)
         update_metrics, skipped = [], 0
@@ -219,6 +220,7 @@ def train(
             "step_seconds": seconds,
             "tokens_per_s": batch.numel() / seconds,
             "skipped_updates": skipped,
+            "compute_tokens": getattr(model, "compute_tokens", 0) - compute_before,
         }
         if hasattr(objective, "step_metrics"):  # e.g. rewards of the step's rollouts
             last.update(objective.step_metrics())

@@ -1,0 +1,79 @@
+"""refine-lm pretrain and refine-lm train (mid-training with REFINE or SFT) end to end on a tiny corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from refine_lm.cli import main
+from refine_lm.models.registry import load_model
+from refine_lm.train.metrics import read_metrics
+
+LOOP = ["loop.batch_size=2", "loop.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    args = ["pretrain", f"data.corpus={tiny_corpus}", "data.seq_len=128", "model.preset=tiny", "loop.steps=4", *LOOP]
+    args += [f"output_dir={out / 'run'}", f"export_to={out / 'base'}", "optim.lr=3e-3", "optim.warmup_steps=1"]
+    assert main(args) == 0
+    return out / "base"
+
+
+def test_pretrain_exports_a_loadable_base_with_its_tokenizer(tiny_base):
+    model = load_model(tiny_base)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    assert model.config.vocab_size == len(tokenizer)
+    results = json.loads((tiny_base / "results.json").read_text())
+    assert results["training_tokens"] == 4 * 2 * 128 and "loss" in results["validation"]
+    assert (tiny_base / "training.yaml").is_file()
+
+
+@pytest.mark.parametrize("method", ["refine", "sft"])
+def test_midtrain_logs_what_the_issue_asks(tiny_corpus, tiny_base, tmp_path, method):
+    out = tmp_path / method
+    args = ["train", "--phase", "mid", "--method", method, f"model={tiny_base}", f"data.corpus={tiny_corpus}"]
+    args += ["data.seq_len=128", "loop.steps=2", *LOOP, f"output_dir={out}", "optim.lr=1e-4"]
+    args += ["refine.num_chunks=2", "refine.margin=8"]
+    assert main(args) == 0
+    train = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    assert len(train) == 2
+    common = {"loss", "grad_norm", "lr", "tokens_per_s", "step_seconds", "compute_tokens"}
+    refine = {"ntp_loss", "pg_loss", "reward_cosine_mean", "reward_cosine_std", "reward_exact_mean", "reward_hybrid_mean",
+              "clip_frac", "dual_clip_frac", "approx_kl", "entropy_selected", "entropy_all"}  # fmt: skip
+    assert common <= set(train[0]) and (refine <= set(train[0])) == (method == "refine")
+    validation = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "validation"]
+    assert {"loss", "acc_argmax", "acc_sampled"} <= set(validation[-1])
+
+
+def test_sft_compute_matched_to_a_refine_run(tiny_corpus, tiny_base, tmp_path, capsys):
+    common = [
+        f"model={tiny_base}",
+        f"data.corpus={tiny_corpus}",
+        "data.seq_len=128",
+        *LOOP,
+        "refine.num_chunks=2",
+        "refine.margin=8",
+    ]
+    assert main(["train", "--method", "refine", "loop.steps=2", f"output_dir={tmp_path / 'r'}", *common]) == 0
+    refine_compute = sum(r["compute_tokens"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if r["split"] == "train")
+    assert (
+        main(["train", "--method", "sft", f"sft.match_compute_of={tmp_path / 'r'}", f"output_dir={tmp_path / 's'}", *common]) == 0
+    )
+    sft_steps = [r for r in read_metrics(tmp_path / "s" / "metrics.jsonl") if r["split"] == "train"]
+    assert len(sft_steps) == round(refine_compute / (3 * 2 * 128)) > 2
+    assert "compute-matched" in capsys.readouterr().out
+
+
+def test_mismatched_tokenizer_is_refused(tiny_corpus, tmp_path, capsys):
+    from refine_lm.models.registry import build_model
+
+    build_model("delta_net", "tiny").save_pretrained(tmp_path / "m")
+    from refine_lm.eval.synthetic import tokenizer_training_text, train_byte_bpe_tokenizer
+
+    train_byte_bpe_tokenizer(tokenizer_training_text(), vocab_size=512).save_pretrained(tmp_path / "m")
+    assert main(["train", f"model={tmp_path / 'm'}", f"data.corpus={tiny_corpus}", "data.seq_len=128"]) == 2
+    assert "different tokenizers" in capsys.readouterr().err
