@@ -5,6 +5,10 @@ import torch
 
 from refine_lm.models.registry import build_model
 
+# The test models are tiny: one thread is faster than two (no fork/join per op) and does not slow
+# down badly when other work shares the cores.
+torch.set_num_threads(1)
+
 ARCHS = ["delta_net", "gated_deltanet"]
 
 
