@@ -77,3 +77,22 @@ def test_mismatched_tokenizer_is_refused(tiny_corpus, tmp_path, capsys):
     train_byte_bpe_tokenizer(tokenizer_training_text(), vocab_size=512).save_pretrained(tmp_path / "m")
     assert main(["train", f"model={tmp_path / 'm'}", f"data.corpus={tiny_corpus}", "data.seq_len=128"]) == 2
     assert "different tokenizers" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_at_toy_size(tiny_corpus, tiny_base, tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", f"base={tiny_base}", f"data.corpus={tiny_corpus}", "data.seq_len=128", "data.validation_sequences=2"]
+    args += ["data.recall_sequences=2", "loop.steps=2", "loop.batch_size=2", "refine.num_chunks=2", "refine.margin=8"]
+    args += [
+        "niah_lengths=[512]",
+        "niah.depths=[0,100]",
+        "niah.samples_per_depth=1",
+        "niah.max_new_tokens=4",
+        f"output_dir={out}",
+    ]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    for row in ("| base |", "| refine |", "| sft |"):
+        assert row in report
+    assert (out / "curves.png").is_file() and (out / "eval" / "refine" / "niah_single.png").is_file()
+    assert "report:" in capsys.readouterr().out

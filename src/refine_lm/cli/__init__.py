@@ -23,6 +23,7 @@ from ..train.loop import TrainingError
 
 # name -> one-line help; the module refine_lm.cli.<name> implements it
 COMMANDS: dict[str, str] = {
+    "demo": "the main job: evaluate the shipped base, mid-train it with REFINE and SFT, compare (make demo)",
     "generate": "sample continuations of a prompt from a model",
     "data": "prepare a corpus: sources -> split -> tokenizer -> token files (data prepare)",
     "pretrain": "next-token pretraining from scratch on a prepared corpus",

@@ -44,6 +44,8 @@ class LoopConfig:
     micro_batch_size: sequences per forward/backward; gradients accumulate up to batch_size (0 = no accumulation).
     precision: ``fp32``, or ``bf16`` autocast for projections and MLPs (recurrences stay fp32).
     device: ``cpu`` or ``cuda``.
+    threads: CPU threads for torch (0: its default). On a CPU shared with other jobs, fewer threads than
+        cores avoids the large slow-downs of oversubscribed OpenMP threads.
     seed: seeds initialisation, data order and every random draw.
     log_every: write a metrics record every this many steps.
     eval_every: validate every this many steps (0 = only at the end).
@@ -58,6 +60,7 @@ class LoopConfig:
     micro_batch_size: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = "cpu"
+    threads: int = 0
     seed: int = 0
     log_every: int = 1
     eval_every: int = 0
@@ -132,6 +135,8 @@ def train(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(loop.device)
+    if loop.threads:
+        torch.set_num_threads(loop.threads)
     model.to(device).train()
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim, loop.steps * objective.updates_per_step)
