@@ -8,8 +8,10 @@ from .models import (
     GatedDeltaNetConfig,
     GatedDeltaNetForCausalLM,
     GenerationOutput,
+    LaCTConfig,
+    LaCTForCausalLM,
 )
-from .state import DeltaRuleState, ModelState, StateQuery, TensorState
+from .state import DeltaRuleState, FastWeightMemory, LaCTState, ModelState, StateQuery, TensorState, WindowCache
 
 __version__ = "0.1.0"
 
@@ -17,13 +19,18 @@ __all__ = [
     "DeltaNetConfig",
     "DeltaNetForCausalLM",
     "DeltaRuleState",
+    "FastWeightMemory",
     "FastWeightForCausalLM",
     "GatedDeltaNetConfig",
     "GatedDeltaNetForCausalLM",
     "GenerationOutput",
+    "LaCTConfig",
+    "LaCTForCausalLM",
+    "LaCTState",
     "ModelState",
     "Recurrence",
     "StateQuery",
     "TensorState",
+    "WindowCache",
     "__version__",
 ]
