@@ -1,11 +1,11 @@
-"""DeltaNet and Gated DeltaNet causal LMs: the execution paths agree, and the state API is exact."""
+"""Every architecture (DeltaNet, Gated DeltaNet, LaCT): the execution paths agree, and the state API is exact."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from refine_lm import DeltaNetConfig, DeltaNetForCausalLM, ModelState
+from refine_lm import DeltaNetConfig, DeltaNetForCausalLM
 from refine_lm.ops.lm_head import token_logprobs
 
 from .conftest import random_ids, state_leaves, states_close, tiny_model

@@ -13,8 +13,18 @@ One projection gives q, k, v. They feed two branches whose outputs are summed be
 
 The memory (:class:`~refine_lm.state.LaCTState`) carries everything decoding needs: the current fast
 weights and momentum, the initial row norms, the pending partial chunk and the attention window.
-``lact_llm``'s own cached generation keeps only the attention cache and drops the fast weights;
-here ``step`` continues exactly where a full forward would be, across chunk boundaries.
+Where this differs from ``lact_llm`` (same parameters, same math otherwise):
+
+- its cached generation keeps only the attention cache and drops the fast weights; here ``step``
+  continues exactly where a full forward would be, across chunk boundaries;
+- it skips the update after an input's last chunk (nothing reads it); here the state continues, so
+  every complete chunk is applied (outputs are unchanged);
+- its fast-weight ops run in bf16 under autocast, Newton-Schulz in bf16; here the fast-weight branch
+  and the attention run in fp32 (fp64 with fp64 inputs), so bf16-trained checkpoints give close but
+  not bit-identical outputs; attention uses ``scaled_dot_product_attention`` with a band mask
+  instead of flash-attn;
+- padding: its fast weights read left padding as tokens; here padding never enters the memory;
+- ``ttt_prenorm=True`` and ``lr_dim > 1`` are refused rather than approximated.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from ..ops.lact import (
     inverse_softplus,
     l2_normalize,
     rotary,
+    rotary_tables,
     window_attention,
     window_attention_step,
 )
@@ -129,7 +140,7 @@ class LaCT(nn.Module):
         norms = [w.norm(dim=-1, keepdim=True).expand(B, *w.shape[:-1], 1) for w in weights]
         weights = [w.expand(B, *w.shape) for w in weights]
         momentum = [torch.zeros_like(w) for w in weights] if self.use_momentum else [None] * 3
-        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
+        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)
         fast = FastWeightMemory(
             *weights,
             *norms,
@@ -153,14 +164,15 @@ class LaCT(nn.Module):
         scale, offset = upcast(self.qk_scale), upcast(self.qk_offset)
         fq, fk, fv = q * scale[:, 0] + offset[:, 0], k * scale[:, 1] + offset[:, 1], v
 
-        attention_heads = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))  # noqa: E731
-        fw_heads = lambda t: t.unflatten(-1, (self.num_fw_heads, self.fw_head_dim))  # noqa: E731
-        q, k, v = rotary(attention_heads(q), positions, self.rope_theta), rotary(attention_heads(k), positions, self.rope_theta), attention_heads(v)
+        attention_heads = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))
+        fw_heads = lambda t: t.unflatten(-1, (self.num_fw_heads, self.fw_head_dim))
+        cos, sin = rotary_tables(positions, self.head_dim, self.rope_theta, q.dtype)
+        q, k, v = rotary(attention_heads(q), cos, sin), rotary(attention_heads(k), cos, sin), attention_heads(v)
         if self.qkv_silu:
             fq, fk, fv = F.silu(fq), F.silu(fk), F.silu(fv)
         fq, fk, fv = l2_normalize(fw_heads(fq)), l2_normalize(fw_heads(fk)), fw_heads(fv)
         if not self.ttt_nope:  # the fast q, k get the attention heads' rotation, head_dim channels at a time
-            regroup = lambda t: fw_heads(rotary(attention_heads(t.flatten(-2)), positions, self.rope_theta).flatten(-2))  # noqa: E731
+            regroup = lambda t: fw_heads(rotary(attention_heads(t.flatten(-2)), cos, sin).flatten(-2))
             fq, fk = regroup(fq), regroup(fk)
         lr = F.softplus(upcast(self.lr_proj(x)) + inverse_softplus(BASE_LR)).unflatten(-1, (self.num_fw_heads, 3))
         gate = torch.sigmoid(upcast(self.momentum_proj[0](x))) if self.use_momentum else None

@@ -29,18 +29,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "delta_net": dict(hidden_size=64, num_heads=4, num_hidden_layers=2, vocab_size=512),
         "gated_deltanet": dict(hidden_size=64, num_heads=2, head_dim=16, expand_v=2, num_hidden_layers=2, vocab_size=512),
-        "lact": dict(
-            hidden_size=64, num_attn_heads=4, num_lact_heads=2, num_hidden_layers=2, vocab_size=512,
-            lact_chunk_size=8, window_size=12, w0_w2_low_rank=4, **_LACT_RECIPE,
-        ),  # fmt: skip
+        "lact": dict(hidden_size=64, num_attn_heads=4, num_lact_heads=2, num_hidden_layers=2, vocab_size=512)
+        | dict(lact_chunk_size=8, window_size=12, w0_w2_low_rank=4, **_LACT_RECIPE),
     },
     "small": {
         "delta_net": dict(hidden_size=256, num_heads=4, num_hidden_layers=4, vocab_size=8192),
         "gated_deltanet": dict(hidden_size=256, num_heads=4, head_dim=64, expand_v=1, num_hidden_layers=4, vocab_size=8192),
-        "lact": dict(
-            hidden_size=256, num_attn_heads=4, num_lact_heads=4, num_hidden_layers=4, vocab_size=8192,
-            lact_chunk_size=256, window_size=256, w0_w2_low_rank=32, **_LACT_RECIPE,
-        ),  # fmt: skip
+        "lact": dict(hidden_size=256, num_attn_heads=4, num_lact_heads=4, num_hidden_layers=4, vocab_size=8192)
+        | dict(lact_chunk_size=256, window_size=256, w0_w2_low_rank=32, **_LACT_RECIPE),
     },
     "760m": {"lact": LACT_760M},
 }

@@ -57,13 +57,16 @@ def l2_normalize(x: Tensor, eps: float = 1e-5) -> Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + eps)
 
 
-def rotary(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """Rotate ``x [B, T, H, d]`` to the absolute ``positions [B, T]``: the two halves of each head form
-    the pairs (GPT-NeoX layout, as flash-linear-attention's ``RotaryEmbedding``); angles in fp32."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    angles = positions.to(torch.float32)[..., None] * inv_freq  # [B, T, d / 2]
-    cos, sin = angles.cos().to(x.dtype)[:, :, None], angles.sin().to(x.dtype)[:, :, None]
+def rotary_tables(positions: Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin ``[B, T, 1, dim / 2]`` of the RoPE angles at absolute ``positions [B, T]`` (computed in fp32,
+    as flash-linear-attention's ``RotaryEmbedding``)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    angles = positions.to(torch.float32)[..., None, None] * inv_freq
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [B, T, H, d]``: the two halves of each head form the pairs (GPT-NeoX layout, as fla)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
@@ -137,6 +140,10 @@ def _check_query(query: StateQuery, B: int, T: int) -> None:
         raise ValueError(f"state query lengths must be in [0, {T}], got {query.lengths.tolist()}")
 
 
+def _pick(tensors: tuple[Tensor, ...] | None, rows: Tensor) -> tuple[Tensor, ...] | None:
+    return None if tensors is None else tuple(t[rows] for t in tensors)
+
+
 def _stream_index(u: Tensor, pending: Tensor, C: int) -> Tensor:
     """Where token u of a row's stream (counted from its current chunk's start) lies in
     ``cat([pending buffer (C - 1 slots), new tokens])``, given ``pending`` tokens already buffered."""
@@ -173,7 +180,8 @@ def chunk_fast_weights(
     with torch.autocast(q.device.type, enabled=False):
         q, k, v, lr = (x.to(dtype) for x in (q, k, v, lr))
         gate = None if gate is None else gate.to(dtype)
-        memory = memory.to(dtype=dtype)
+        if memory.w0.dtype != dtype:
+            memory = memory.to(dtype=dtype)
         pending = position % C
         total = pending + T  # stream length of each row
         stream = [
@@ -208,8 +216,9 @@ def chunk_fast_weights(
                 idx = _stream_index(j * C + torch.arange(C, device=q.device)[None], pending[rows, None], C)
                 kc, vc, lrc = (s[rows[:, None], idx].transpose(1, 2) for s in stream[:3])
                 gc = None if gate is None else stream[3][rows[:, None], idx].transpose(1, 2)
-                sub = lambda ws: None if ws is None else tuple(w[rows] for w in ws)  # noqa: E731
-                new_w, new_m = fast_weight_update(sub(weights), sub(momentum), sub(norms), kc, vc, lrc, gc, use_muon)
+                new_w, new_m = fast_weight_update(
+                    _pick(weights, rows), _pick(momentum, rows), _pick(norms, rows), kc, vc, lrc, gc, use_muon
+                )
                 if len(rows) == B:
                     weights, momentum = new_w, new_m
                 else:
@@ -251,8 +260,7 @@ def chunk_fast_weights(
                 sel = (version == j).nonzero()[:, 0]
                 rows = query.rows[sel]
                 ws, ms = versions[j]
-                ms = None if ms is None else tuple(m[rows] for m in ms)
-                found.append(memory_at(rows, tuple(w[rows] for w in ws), ms, length[sel]))
+                found.append(memory_at(rows, _pick(ws, rows), _pick(ms, rows), length[sel]))
                 order.append(sel)
             if found:
                 at_query = FastWeightMemory.cat(found).index(torch.argsort(torch.cat(order)))
@@ -282,28 +290,19 @@ def fast_weight_step(
     with torch.autocast(q.device.type, enabled=False):
         q, k, v, lr = (x.to(dtype) for x in (q, k, v, lr))
         gate = None if gate is None else gate.to(dtype)
-        memory = memory.to(dtype=dtype)
+        if memory.w0.dtype != dtype:
+            memory = memory.to(dtype=dtype)
         weights = (memory.w0, memory.w1, memory.w2)
         momentum = None if memory.momentum0 is None else (memory.momentum0, memory.momentum1, memory.momentum2)
         o = swiglu_fast_weights(weights, q[:, :, None])[:, :, 0]
 
         pending = position % C
         completes = pending == C - 1
-        slot = torch.arange(C - 1, device=q.device)[None] == pending[:, None]  # no slot for a completing token
-        kept = (~completes).to(dtype)
-
-        def write(buffer: Tensor | None, new: Tensor | None) -> Tensor | None:
-            if buffer is None:
-                return None
-            ones = [1] * (new.dim() - 1)
-            return torch.where(slot.reshape(B, C - 1, *ones), new[:, None], buffer * kept.reshape(B, 1, *ones))
-
-        buffered = [
-            write(memory.pending_k, k),
-            write(memory.pending_v, v),
-            write(memory.pending_lr, lr),
-            write(memory.pending_gate, gate),
-        ]
+        olds = (memory.pending_k, memory.pending_v, memory.pending_lr, memory.pending_gate)
+        buffered = list(olds)
+        if C > 1:  # buffer the token (one copy of each buffer: index_put out of place)
+            at = (torch.arange(B, device=q.device), pending.clamp(max=C - 2))
+            buffered = [None if old is None else old.index_put(at, new) for old, new in zip(olds, (k, v, lr, gate))]
         if bool(completes.any()):
             rows = completes.nonzero()[:, 0]
             chunk = [
@@ -311,12 +310,15 @@ def fast_weight_step(
                 for old, new in ((memory.pending_k, k), (memory.pending_v, v), (memory.pending_lr, lr))
             ]
             gc = None if gate is None else torch.cat([memory.pending_gate[rows], gate[rows, None]], 1).transpose(1, 2)
-            sub = lambda ws: None if ws is None else tuple(w[rows] for w in ws)  # noqa: E731
             norms = (memory.norm0, memory.norm1, memory.norm2)
-            new_w, new_m = fast_weight_update(sub(weights), sub(momentum), sub(norms), *chunk, gc, use_muon)
+            new_w, new_m = fast_weight_update(
+                _pick(weights, rows), _pick(momentum, rows), _pick(norms, rows), *chunk, gc, use_muon
+            )
             weights = tuple(w.index_put((rows,), n) for w, n in zip(weights, new_w))
             if momentum is not None:
                 momentum = tuple(m.index_put((rows,), n) for m, n in zip(momentum, new_m))
+            # their chunk is complete: empty the buffer (which also drops the token written at the clamped slot)
+            buffered = [None if b is None else b.index_put((rows,), b.new_zeros(())) for b in buffered]
         new_memory = FastWeightMemory(
             *weights,
             memory.norm0,
@@ -345,7 +347,7 @@ def window_attention(
     Queries are processed ``block_size`` at a time against the ``block + W - 1`` keys they can see.
     Returns ``(o [B, T, A, d], cache after the input, caches after query.lengths tokens | None)``.
     """
-    B, T, A, d = q.shape
+    B, T = q.shape[:2]
     n = cache.keys.shape[1]  # W - 1
     dtype = compute_dtype(q)
     with torch.autocast(q.device.type, enabled=False):
