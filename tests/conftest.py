@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from refine_lm.models.registry import build_model
+from refine_lm.state import TensorState
 
 # The test models are tiny: one thread is faster than two (no fork/join per op) and does not slow
 # down badly when other work shares the cores.
 torch.set_num_threads(1)
 
-ARCHS = ["delta_net", "gated_deltanet"]
+ARCHS = ["delta_net", "gated_deltanet", "lact"]
 
 
 def tiny_model(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides):
@@ -62,3 +65,36 @@ def tiny_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-corpus")
     write_text_corpus(root / "text", n_docs=30)
     return prepare_corpus(small_config(root / "text", root / "prepared"))
+
+
+def state_leaves(state: TensorState, prefix: str = "") -> list[tuple[str, torch.Tensor | None]]:
+    """Every field of a (nested) state as (dotted name, tensor or None), in a fixed order."""
+    leaves = []
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        name = f"{prefix}{f.name}"
+        if isinstance(value, TensorState):
+            leaves += state_leaves(value, name + ".")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                leaves += state_leaves(item, f"{name}.{i}.")
+        else:
+            leaves.append((name, value))
+    return leaves
+
+
+def states_close(a: TensorState, b: TensorState, atol: float = 1e-10, rtol: float = 0.0) -> bool:
+    """Same fields, same shapes and dtypes, values within tolerance (integer fields exactly equal)."""
+    for (name, x), (other, y) in zip(state_leaves(a), state_leaves(b), strict=True):
+        assert name == other, (name, other)
+        if (x is None) != (y is None):
+            return False
+        if x is None:
+            continue
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return False
+        if x.is_floating_point() and not torch.allclose(x, y, atol=atol, rtol=rtol):
+            return False
+        if not x.is_floating_point() and not torch.equal(x, y):
+            return False
+    return True

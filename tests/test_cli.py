@@ -38,7 +38,7 @@ def test_bad_settings_exit_2_with_a_message(tmp_path, capsys):
 def test_bench_models_runs_at_toy_sizes(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = [
-        "bench", "models", "archs=[gated_deltanet]", "preset=tiny", "train_len=40", "decode_batches=[2]",
+        "bench", "models", "archs=[gated_deltanet,lact]", "preset=tiny", "train_len=40", "decode_batches=[2]",
         "decode_tokens=2", "prefill_lengths=[64,128]", "ratio_lengths=[64,128]", "repeats=1", f"output={out}",
     ]  # fmt: skip
     assert main(args) == 0

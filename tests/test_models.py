@@ -1,26 +1,16 @@
-"""DeltaNet and Gated DeltaNet causal LMs: the execution paths agree, and the state API is exact."""
+"""Every architecture (DeltaNet, Gated DeltaNet, LaCT): the execution paths agree, and the state API is exact."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from refine_lm import DeltaNetConfig, DeltaNetForCausalLM, ModelState
+from refine_lm import DeltaNetConfig, DeltaNetForCausalLM
 from refine_lm.ops.lm_head import token_logprobs
 
-from .conftest import random_ids, tiny_model
+from .conftest import random_ids, state_leaves, states_close, tiny_model
 
 TOL = dict(atol=1e-10, rtol=0)
-
-
-def states_close(a: ModelState, b: ModelState, **tol) -> bool:
-    tol = tol or TOL
-    for la, lb in zip(a.layers, b.layers):
-        if not torch.allclose(la.recurrent, lb.recurrent, **tol):
-            return False
-        if (la.conv is None) != (lb.conv is None) or (la.conv is not None and not torch.allclose(la.conv, lb.conv, **tol)):
-            return False
-    return True
 
 
 def test_delta_net_1_3b_parameter_count():
@@ -46,15 +36,22 @@ def test_chunkwise_gradients_equal_naive(arch):
     grads = {}
     for backend in ("chunk", "naive"):
         model = tiny_model(arch).set_backend(backend, chunk_size=8)
-        torch.manual_seed(3)
-        initial = model.init_state(2).map(lambda t: torch.randn_like(t).mul(0.3).requires_grad_(True))
+        # a non-trivial initial state, as leaves: gradients reach it too
+        prefix = model.set_backend("chunk")(random_ids(2, 6, seed=3), return_logits=False).state
+        initial = prefix.map(lambda t: t.detach().clone().requires_grad_(t.is_floating_point()))
+        model.set_backend(backend, chunk_size=8)
         ids = random_ids(2, 27)
         out = model(ids, labels=ids, state=initial, return_logits=False)
-        final = sum(layer.recurrent.pow(2).sum() for layer in out.state.layers)
+        final = sum(t.pow(2).sum() for _, t in state_leaves(out.state) if t is not None and t.is_floating_point())
         (out.loss + 0.1 * final).backward()
-        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        # (LaCT's learned initial fast weights get none: the initial state replaces them)
+        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         grads[backend]["initial"] = torch.cat(
-            [t.grad.flatten() for layer in initial.layers for t in (layer.recurrent, layer.conv)]
+            [
+                (t.grad if t.grad is not None else torch.zeros_like(t)).flatten()
+                for _, t in state_leaves(initial)
+                if t is not None and t.is_floating_point()
+            ]
         )
     assert grads["chunk"].keys() == grads["naive"].keys()
     for name in grads["chunk"]:
@@ -247,6 +244,7 @@ def test_sliced_loss_equals_full_cross_entropy(model):
     assert torch.allclose(-logp.mean(), reference, **TOL)
 
 
+@pytest.mark.parametrize("arch", ["delta_net", "gated_deltanet"])  # LaCT: tests/test_lact.py
 def test_bf16_autocast_keeps_recurrence_in_fp32(arch):
     model = tiny_model(arch, dtype=torch.float32)
     ids = random_ids(2, 25)

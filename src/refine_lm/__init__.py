@@ -8,8 +8,10 @@ from .models import (
     GatedDeltaNetConfig,
     GatedDeltaNetForCausalLM,
     GenerationOutput,
+    LaCTConfig,
+    LaCTForCausalLM,
 )
-from .state import DeltaRuleState, ModelState, StateQuery, TensorState
+from .state import DeltaRuleState, FastWeightMemory, LaCTState, ModelState, StateQuery, TensorState, WindowCache
 
 __version__ = "0.1.0"
 
@@ -18,12 +20,17 @@ __all__ = [
     "DeltaNetForCausalLM",
     "DeltaRuleState",
     "FastWeightForCausalLM",
+    "FastWeightMemory",
     "GatedDeltaNetConfig",
     "GatedDeltaNetForCausalLM",
     "GenerationOutput",
+    "LaCTConfig",
+    "LaCTForCausalLM",
+    "LaCTState",
     "ModelState",
     "Recurrence",
     "StateQuery",
     "TensorState",
+    "WindowCache",
     "__version__",
 ]

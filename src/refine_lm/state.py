@@ -134,6 +134,56 @@ class DeltaRuleState(TensorState):
 
 
 @dataclasses.dataclass
+class FastWeightMemory(TensorState):
+    """The test-time-trained part of a LaCT layer: H fast-weight heads, each a SwiGLU MLP
+    ``f(x) = w1 (SiLU(w0 x) * (w2 x))`` (key size d_k, hidden size d_h, value size d_v), and the chunk
+    of C tokens being collected for its next update.
+
+    w0, w2: ``[B, H, d_h, d_k]``; w1: ``[B, H, d_v, d_h]``: the weights after the last completed chunk.
+    norm0, norm1, norm2: ``[B, H, rows, 1]`` row norms of the initial weights (updates rescale rows to them).
+    momentum0, momentum1, momentum2: momentum buffers shaped like the weights, or None without momentum.
+    pending_k, pending_v: ``[B, C - 1, H, d_k / d_v]`` keys and values of the tokens read since the last
+        chunk boundary, oldest first, zeros after them; pending_lr ``[B, C - 1, H, 3]`` their learning
+        rates for w0, w1, w2; pending_gate ``[B, C - 1, H]`` their momentum gates (None without momentum).
+    """
+
+    w0: Tensor
+    w1: Tensor
+    w2: Tensor
+    norm0: Tensor
+    norm1: Tensor
+    norm2: Tensor
+    momentum0: Tensor | None
+    momentum1: Tensor | None
+    momentum2: Tensor | None
+    pending_k: Tensor
+    pending_v: Tensor
+    pending_lr: Tensor
+    pending_gate: Tensor | None
+
+
+@dataclasses.dataclass
+class WindowCache(TensorState):
+    """Keys (rotated) and values ``[B, W - 1, heads, head_dim]`` of the W - 1 tokens before the next one,
+    oldest first; slots before the start of the sequence hold zeros and are never attended to."""
+
+    keys: Tensor
+    values: Tensor
+
+
+@dataclasses.dataclass
+class LaCTState(TensorState):
+    """Memory of one LaCT layer: the fast weights with their pending chunk, the sliding-window KV cache,
+    and ``position [B]`` (long): tokens read so far. Chunk boundaries sit at multiples of the chunk size
+    C from the start of the sequence, so ``position % C`` tokens are pending; rows may sit at different
+    positions (and so cross chunk boundaries at different steps)."""
+
+    fast: FastWeightMemory
+    window: WindowCache
+    position: Tensor
+
+
+@dataclasses.dataclass
 class ModelState(TensorState):
     """Memory of a whole model: one state per layer."""
 

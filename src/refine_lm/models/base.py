@@ -76,6 +76,8 @@ class FastWeightPreTrainedModel(PreTrainedModel):
         if hasattr(module, "initial_A_log"):  # Gated DeltaNet decay parameters
             init.copy_(module.A_log, module.initial_A_log().to(module.A_log.device))
             init.copy_(module.dt_bias, module.initial_dt_bias().to(module.dt_bias.device))
+        if hasattr(module, "init_own_parameters"):  # parameters a layer initialises its own way (LaCT's fast weights)
+            module.init_own_parameters()
 
 
 @dataclass

@@ -11,33 +11,47 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from .base import FastWeightForCausalLM
 from .delta_net import DeltaNetConfig, DeltaNetForCausalLM
 from .gated_deltanet import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
+from .lact import LACT_760M, LaCTConfig, LaCTForCausalLM
 
 ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], type[FastWeightForCausalLM]]] = {
     "delta_net": (DeltaNetConfig, DeltaNetForCausalLM),
     "gated_deltanet": (GatedDeltaNetConfig, GatedDeltaNetForCausalLM),
+    "lact": (LaCTConfig, LaCTForCausalLM),  # model_type "lact_swiglu"
 }
 
-# Presets: "tiny" for tests and the demo, "small" for benchmarks (4 layers, d_model 256, 4 heads, vocab 8192).
+# LaCT presets follow the 760M recipe (momentum, Muon, rank-32 initial w0/w2, window = chunk) at small sizes;
+# tiny uses a window longer than the chunk so that tests tell the two apart.
+_LACT_RECIPE = dict(use_momentum=True, use_muon=True, learnable_ttt_scale=True, rope_theta=1e6, initializer_range=0.02)
+
+# Presets: "tiny" for tests and the demo, "small" for benchmarks (4 layers, d_model 256, 4 heads, vocab 8192),
+# "760m" the paper's LaCT language model (LaCT only).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "delta_net": dict(hidden_size=64, num_heads=4, num_hidden_layers=2, vocab_size=512),
         "gated_deltanet": dict(hidden_size=64, num_heads=2, head_dim=16, expand_v=2, num_hidden_layers=2, vocab_size=512),
+        "lact": dict(hidden_size=64, num_attn_heads=4, num_lact_heads=2, num_hidden_layers=2, vocab_size=512)
+        | dict(lact_chunk_size=8, window_size=12, w0_w2_low_rank=4, **_LACT_RECIPE),
     },
     "small": {
         "delta_net": dict(hidden_size=256, num_heads=4, num_hidden_layers=4, vocab_size=8192),
         "gated_deltanet": dict(hidden_size=256, num_heads=4, head_dim=64, expand_v=1, num_hidden_layers=4, vocab_size=8192),
+        "lact": dict(hidden_size=256, num_attn_heads=4, num_lact_heads=4, num_hidden_layers=4, vocab_size=8192)
+        | dict(lact_chunk_size=256, window_size=256, w0_w2_low_rank=32, **_LACT_RECIPE),
     },
+    "760m": {"lact": LACT_760M},
 }
 
 
 def build_config(arch: str, preset: str | None = None, **overrides: Any) -> PretrainedConfig:
-    """A config for ``arch`` (``delta_net`` or ``gated_deltanet``), from a preset plus overrides."""
+    """A config for ``arch`` (``delta_net``, ``gated_deltanet`` or ``lact``), from a preset plus overrides."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
     fields: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        if arch not in PRESETS[preset]:
+            raise ValueError(f"preset {preset!r} exists only for {', '.join(PRESETS[preset])}, not {arch!r}")
         fields.update(PRESETS[preset][arch])
     fields.update(overrides)
     config_class, _ = ARCHITECTURES[arch]
@@ -55,13 +69,14 @@ def build_model(arch: str, preset: str | None = None, seed: int | None = None, *
 def load_model(
     path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
 ) -> FastWeightForCausalLM:
-    """Load a checkpoint directory (ours, or flash-linear-attention's) with the Auto classes."""
+    """Load a checkpoint directory (ours, flash-linear-attention's or lact_llm's) with the Auto classes."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model directory: no config.json in it")
     config = AutoConfig.from_pretrained(path)
-    if config.model_type not in ARCHITECTURES:
-        raise ValueError(f"{path}/config.json: model_type {config.model_type!r} is not one of {', '.join(ARCHITECTURES)}")
+    known = [config_class.model_type for config_class, _ in ARCHITECTURES.values()]
+    if config.model_type not in known:
+        raise ValueError(f"{path}/config.json: model_type {config.model_type!r} is not one of {', '.join(known)}")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     if not isinstance(model, FastWeightForCausalLM):
         raise TypeError(
