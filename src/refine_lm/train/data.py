@@ -59,9 +59,21 @@ class TrainingData:
         """``count`` windows spread evenly over the dataset (deterministic)."""
         return np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int).tolist()
 
+    def validation_windows(self) -> list[int]:
+        return self._spread(self.validation, self.cfg.validation_sequences) if len(self.validation) else []
+
+    def unigram_baseline(self) -> dict[str, float]:
+        """Loss and perplexity on the validation windows of a unigram model of the training split
+        (add-one smoothed): the floor any language model should beat by far."""
+        counts = np.bincount(np.asarray(self.corpus.tokens("train")), minlength=len(self.tokenizer())).astype(np.float64) + 1.0
+        logp = np.log(counts / counts.sum())
+        windows = self.validation.get_batch(self.validation_windows()).numpy()[:, 1:]  # the predicted tokens
+        loss = float(-logp[windows].mean())
+        return {"unigram_loss": loss, "unigram_ppl": float(np.exp(loss))}
+
     def validator(self, batch_size: int = 4) -> Callable[[nn.Module], dict[str, float]]:
         """Held-out NTP loss / perplexity / accuracy (argmax and sampled), and recall-answer accuracy."""
-        chosen = self._spread(self.validation, self.cfg.validation_sequences) if len(self.validation) else []
+        chosen = self.validation_windows()
         recall = self._spread(self.recall, self.cfg.recall_sequences) if self.recall is not None else []
 
         def validate(model: nn.Module) -> dict[str, float]:

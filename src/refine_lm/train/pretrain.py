@@ -82,6 +82,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         run_config=to_dict(cfg),
     )
     if cfg.export_to:
+        result = {**result, **data.unigram_baseline()}
         export(cfg, list_checkpoints(cfg.output_dir)[-1], result, n_params, tokens)
     return result
 
