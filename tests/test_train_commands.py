@@ -73,9 +73,10 @@ def test_mismatched_tokenizer_is_refused(tiny_corpus, tmp_path, capsys):
     from refine_lm.models.registry import build_model
 
     build_model("delta_net", "tiny").save_pretrained(tmp_path / "m")
-    from refine_lm.eval.synthetic import tokenizer_training_text, train_byte_bpe_tokenizer
+    from refine_lm.data.tokenizer import train_tokenizer
+    from refine_lm.eval.synthetic import tokenizer_training_text
 
-    train_byte_bpe_tokenizer(tokenizer_training_text(), vocab_size=512).save_pretrained(tmp_path / "m")
+    train_tokenizer(tokenizer_training_text(), vocab_size=512).save_pretrained(tmp_path / "m")
     assert main(["train", f"model={tmp_path / 'm'}", f"data.corpus={tiny_corpus}", "data.seq_len=128"]) == 2
     assert "different tokenizers" in capsys.readouterr().err
 
