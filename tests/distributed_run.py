@@ -4,8 +4,8 @@ Run alone or under torchrun (``python -m torch.distributed.run --standalone --np
 
     distributed_run.py OUT [--parallel P] [--methods refine,ntp] [--kill-at S] [--device D] [--dtype T] ...
 
-writes OUT/<method> for each method; with ``--kill-at S`` the last rank kills itself (SIGKILL, no
-clean-up) when it asks for the batch of step S.
+writes OUT/<method> for each method in turn; with ``--kill-at S`` the last rank kills itself (SIGKILL, no
+clean-up) when it asks for the batch of step S of the last method.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main(
     sampler = StepBatchSampler(len(pool), GLOBAL_BATCH // size, seed=5, rank=rank, world_size=size)
 
     def batch_at(step: int) -> torch.Tensor:
-        if step == kill_at and rank == size - 1:
+        if step == kill_at and rank == size - 1 and method == methods.split(",")[-1]:
             os.kill(os.getpid(), signal.SIGKILL)
         return pool[torch.as_tensor(sampler.indices(step))]
 

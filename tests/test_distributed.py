@@ -74,17 +74,28 @@ def test_two_ddp_ranks_end_with_the_weights_of_one_process(one_process, two_rank
 
 
 @pytest.mark.slow
-def test_fsdp_two_ranks_end_with_the_weights_of_one_process_and_save_plain_checkpoints(one_process, tmp_path):
-    done = launch(tmp_path, 2, "--parallel", "fsdp")
-    assert done.returncode == 0, done.stderr[-3000:]
-    for method in ("refine", "ntp"):
-        assert_same_weights(final_weights(one_process / method), final_weights(tmp_path / method), atol=1e-10)
+def test_killed_fsdp_run_resumes_with_two_ranks_or_one_to_the_weights_of_one_process(one_process, tmp_path):
+    """FSDP2 (2 ranks) ends where one process ends, writes plain checkpoints, and a killed run resumes with
+    the same number of ranks or with a single process."""
+    killed = launch(tmp_path / "two", 2, "--parallel", "fsdp", "--methods", "ntp,refine", "--kill-at", "2")
+    assert killed.returncode != 0  # REFINE died during step 3, after NTP finished
+    assert_same_weights(final_weights(one_process / "ntp"), final_weights(tmp_path / "two" / "ntp"), atol=1e-10)
+    assert [p.name for p in list_checkpoints(tmp_path / "two" / "refine")] == ["checkpoint-0000002"]
+    shutil.copytree(tmp_path / "two", tmp_path / "alone")
+
+    resumed = launch(tmp_path / "two", 2, "--parallel", "fsdp", "--methods", "refine")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "written by 2 rank(s)" in resumed.stdout
+    run = tmp_path / "two" / "refine"
+    assert_same_weights(final_weights(one_process / "refine"), final_weights(run), atol=1e-10)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4]
+
     # the checkpoint is an ordinary Hugging Face directory, its optimiser state the single-process one
     from transformers import AutoModelForCausalLM
 
     import refine_lm  # noqa: F401  (registers the Auto classes)
 
-    final = list_checkpoints(tmp_path / "refine")[-1]
+    final = list_checkpoints(run)[-1]
     assert AutoModelForCausalLM.from_pretrained(final).config.model_type == "delta_net"
     sharded = torch.load(final / "trainer_state.pt", weights_only=False)
     single = torch.load(list_checkpoints(one_process / "refine")[-1] / "trainer_state.pt", weights_only=False)
@@ -95,26 +106,8 @@ def test_fsdp_two_ranks_end_with_the_weights_of_one_process_and_save_plain_check
         for key, value in state.items():
             assert torch.allclose(sharded["optimizer"]["state"][i][key].double(), value.double(), atol=1e-10), (i, key)
 
-
-@pytest.mark.slow
-def test_killed_two_rank_run_resumes_with_two_ranks_or_one(one_process, two_ranks_ddp, tmp_path):
-    killed = launch(tmp_path / "killed", 2, "--methods", "refine", "--kill-at", "2")  # during step 3
-    assert killed.returncode != 0
-    run = tmp_path / "killed" / "refine"
-    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-0000002"]
-    shutil.copytree(tmp_path / "killed", tmp_path / "alone")
-
-    resumed = launch(tmp_path / "killed", 2, "--methods", "refine")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout and "written by 2 rank(s)" in resumed.stdout
-    a, b = final_weights(two_ranks_ddp / "refine"), final_weights(run)
-    for name in a:  # same ranks: the very same computation
-        assert torch.equal(a[name], b[name]), name
-    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
-    assert steps == [1, 2, 3, 4]
-
-    # one process (and FSDP) continues the two-rank run: the same global batch, the same per-sequence draws
-    alone = launch(tmp_path / "alone", 1, "--methods", "refine", "--parallel", "fsdp", torchrun=False)
+    # one plain process continues the two-rank run: the same global batch, the same per-sequence draws
+    alone = launch(tmp_path / "alone", 1, "--methods", "refine", "--parallel", "none", torchrun=False)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert_same_weights(final_weights(one_process / "refine"), final_weights(tmp_path / "alone" / "refine"), atol=1e-10)
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import ConfigError
 from ..data import PreparedCorpus, SequenceDataset, StepBatchSampler
 from .distributed import world
 from .ntp import next_token_metrics
@@ -48,7 +49,7 @@ class TrainingData:
         if rank is None or world_size is None:
             rank, world_size = world()
         if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (the global batch) does not split over {world_size} ranks")
+            raise ConfigError(f"batch_size {batch_size} (the global batch) does not split over {world_size} ranks")
         self.corpus = PreparedCorpus(cfg.corpus)
         self.train = SequenceDataset(self.corpus, "train", cfg.seq_len, exclude_sources=cfg.exclude_sources)
         self.sampler = StepBatchSampler(len(self.train), batch_size // world_size, seed, rank, world_size)

@@ -35,6 +35,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config import ConfigError
+
 Parallel = Literal["auto", "none", "ddp", "fsdp"]
 
 
@@ -199,13 +201,13 @@ def setup(parallel: Parallel, device: str, timeout_minutes: float = 60) -> Distr
     rank, size = world()
     kind = ("ddp" if size > 1 else "none") if parallel == "auto" else parallel
     if kind not in ("none", "ddp", "fsdp"):
-        raise ValueError(f"loop.parallel must be auto, none, ddp or fsdp, got {parallel!r}")
+        raise ConfigError(f"loop.parallel must be auto, none, ddp or fsdp, got {parallel!r}")
     if kind == "none" and size > 1:
-        raise ValueError(f"loop.parallel=none, but torchrun started {size} processes: use ddp or fsdp (or auto)")
+        raise ConfigError(f"loop.parallel=none, but torchrun started {size} processes: use ddp or fsdp (or auto)")
     target = torch.device(device)
     if target.type == "cuda":
         if size > 1 and target.index is not None:
-            raise ValueError(f"device={device}: under torchrun use device=cuda (rank r takes cuda:LOCAL_RANK)")
+            raise ConfigError(f"loop.device={device}: under torchrun use device=cuda (rank r takes cuda:LOCAL_RANK)")
         target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if target.index is None else target.index)
         torch.cuda.set_device(target)
     if kind != "none" and not dist.is_initialized():

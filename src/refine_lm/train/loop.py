@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..config import ConfigError
 from . import distributed
 from .checkpoint import list_checkpoints, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .metrics import MetricsLog
@@ -201,9 +202,7 @@ def train(
     parallel = distributed.setup(loop.parallel, loop.device, loop.dist_timeout_minutes)
     main = parallel.is_main
     if loop.batch_size % parallel.world_size:
-        raise TrainingError(
-            f"loop.batch_size {loop.batch_size} (the global batch) does not split over {parallel.world_size} ranks"
-        )
+        raise ConfigError(f"loop.batch_size {loop.batch_size} (the global batch) does not split over {parallel.world_size} ranks")
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
     device = parallel.device
