@@ -112,6 +112,43 @@ def test_killed_fsdp_run_resumes_with_two_ranks_or_one_to_the_weights_of_one_pro
     assert_same_weights(final_weights(one_process / "refine"), final_weights(tmp_path / "alone" / "refine"), atol=1e-10)
 
 
+@pytest.fixture(scope="module")
+def corpus_model(tiny_corpus, tmp_path_factory) -> Path:
+    """A tiny DeltaNet saved with the tiny corpus's tokenizer, as ``refine-lm train model=DIR`` expects."""
+    from refine_lm.data import PreparedCorpus
+    from refine_lm.models.registry import build_model
+
+    tokenizer = PreparedCorpus(tiny_corpus).tokenizer()
+    special = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("pad", "bos", "eos")}
+    path = tmp_path_factory.mktemp("base")
+    build_model("delta_net", "tiny", seed=0, vocab_size=len(tokenizer), **special).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_train_command_under_torchrun_matches_one_process(tiny_corpus, corpus_model, tmp_path):
+    """``torchrun --nproc_per_node 2 -m refine_lm train``: each rank reads half of every global batch of the
+    prepared corpus, and the two ranks end where one process ends; rank 0 alone logs, validates and writes
+    the checkpoint."""
+    from refine_lm.cli import main
+
+    args = ["train", "--method", "refine", f"model={corpus_model}", f"data.corpus={tiny_corpus}", "data.seq_len=128"]
+    args += ["loop.steps=2", "loop.batch_size=4", "loop.micro_batch_size=1", "refine.num_chunks=2", "refine.margin=8"]
+    args += ["optim.lr=1e-3", "data.validation_sequences=2", "data.recall_sequences=0"]
+    assert main([*args, f"output_dir={tmp_path / 'one'}"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refine_lm"]
+    done = subprocess.run([*torchrun, *args, f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), atol=1e-5)
+    assert (list_checkpoints(tmp_path / "two")[-1] / "tokenizer.json").is_file()
+    records = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [(r["step"], r["split"]) for r in records] == [(1, "train"), (2, "train"), (2, "validation")]
+    expected = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert records[-1]["loss"] == pytest.approx(expected[-1]["loss"], rel=1e-4)
+
+
 # ----- the pieces that make ranks agree (in process) -------------------------------------------------
 
 

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from refine_lm.cli import main
 from refine_lm.models.registry import load_model
-from refine_lm.train.checkpoint import list_checkpoints
 from refine_lm.train.metrics import read_metrics
-
-SRC = Path(__file__).parents[1] / "src"
 
 LOOP = ["loop.batch_size=2", "loop.log_every=1"]
 
@@ -105,26 +96,3 @@ def test_demo_end_to_end_at_toy_size(tiny_corpus, tiny_base, tmp_path, capsys):
         assert row in report
     assert (out / "curves.png").is_file() and (out / "eval" / "refine" / "niah_single.png").is_file()
     assert "report:" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_train_under_torchrun_matches_one_process(tiny_corpus, tiny_base, tmp_path):
-    """``torchrun --nproc_per_node 2 -m refine_lm train``: each rank reads half of every global batch, and the
-    two ranks end where one process ends; rank 0 alone logs, validates and writes the checkpoint."""
-    args = ["train", "--method", "refine", f"model={tiny_base}", f"data.corpus={tiny_corpus}", "data.seq_len=128"]
-    args += ["loop.steps=2", "loop.batch_size=4", "loop.micro_batch_size=1", "refine.num_chunks=2", "refine.margin=8"]
-    args += ["optim.lr=1e-3", "data.validation_sequences=2", "data.recall_sequences=0"]
-    assert main([*args, f"output_dir={tmp_path / 'one'}"]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refine_lm"]
-    done = subprocess.run([*torchrun, *args, f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    one, two = (list_checkpoints(tmp_path / run)[-1] for run in ("one", "two"))
-    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
-    assert (two / "tokenizer.json").is_file()
-    records = read_metrics(tmp_path / "two" / "metrics.jsonl")
-    assert [(r["step"], r["split"]) for r in records] == [(1, "train"), (2, "train"), (2, "validation")]
-    expected = read_metrics(tmp_path / "one" / "metrics.jsonl")
-    assert records[-1]["loss"] == pytest.approx(expected[-1]["loss"], rel=1e-4)

@@ -84,14 +84,17 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         tokenizer=tokenizer,
         run_config=to_dict(cfg),
     )
-    if cfg.export_to and is_main():
+    if cfg.export_to:
         export(cfg, list_checkpoints(cfg.output_dir)[-1], result, n_params, tokens)
     return result
 
 
 def export(cfg: PretrainConfig, checkpoint: Path, result: dict[str, float], n_params: int, tokens: int) -> Path:
-    """Copy the model and tokenizer files of ``checkpoint`` to ``cfg.export_to`` with the run's settings."""
+    """Copy the model and tokenizer files of ``checkpoint`` to ``cfg.export_to`` with the run's settings
+    (rank 0 does it; the other data-parallel ranks only return the path)."""
     target = Path(cfg.export_to)
+    if not is_main():
+        return target
     target.mkdir(parents=True, exist_ok=True)
     for path in checkpoint.iterdir():
         if path.is_file() and path.name not in ("trainer_state.pt", "checkpoint.json"):
