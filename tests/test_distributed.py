@@ -161,6 +161,10 @@ def test_each_sequence_draws_from_its_own_stream():
     later.uniform(3, 2)
     assert torch.equal(later.uniform(3, 5), again[1:])
     assert not torch.equal(first[0], first[1]) and not torch.equal(first, StepRandom(3, 8).uniform(4, 2))
+    one_at_a_time = StepRandom(3, 7)
+    rows = [one_at_a_time.view(i, 1).uniform(1, 2) for i in range(4)]  # e.g. a sequence per call
+    assert torch.equal(torch.cat(rows), first)
+    assert torch.equal(one_at_a_time.uniform(4, 5), again)  # the views advanced the same streams
 
 
 def test_mini_batches_are_the_same_for_any_number_of_ranks():

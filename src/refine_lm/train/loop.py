@@ -115,6 +115,13 @@ class StepRandom:
             self._streams.append(torch.Generator().manual_seed(int(seed)))
         return self._streams[row]
 
+    def view(self, start: int, count: int) -> StepRandom:
+        """The streams of rows ``start .. start + count - 1`` as rows ``0 .. count - 1`` (the same streams:
+        draws from the view advance them), e.g. to work on one sequence at a time."""
+        view = StepRandom(self.seed, self.step, self.offset + start)
+        view._streams = [self._stream(start + j) for j in range(count)]
+        return view
+
     def uniform(self, rows: int, *shape: int, device: str | torch.device | None = None) -> Tensor:
         """float64 ``[rows, *shape]`` uniform in [0, 1); row i is the next draws of stream ``offset + i``."""
         draws = [torch.rand(shape, generator=self._stream(i), dtype=torch.float64) for i in range(rows)]
@@ -287,9 +294,9 @@ def train(
         started = time.perf_counter()
         compute_before = getattr(model, "compute_tokens", 0)
         batch = batch_at(step).to(device)
-        if batch.shape[0] != rows:
+        if len(batch) != rows:
             raise TrainingError(
-                f"batch_at({step}) gave {batch.shape[0]} sequences; each of {parallel.world_size} rank(s) needs "
+                f"batch_at({step}) gave {len(batch)} sequences; each of {parallel.world_size} rank(s) needs "
                 f"loop.batch_size / ranks = {rows}"
             )
         rng = StepRandom(loop.seed, step, offset=parallel.rank * rows)
