@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import ConfigError
 from ..data import PreparedCorpus, SequenceDataset, StepBatchSampler
+from .distributed import world
 from .ntp import next_token_metrics
 
 
@@ -35,13 +37,22 @@ class DataConfig:
 
 
 class TrainingData:
-    """The batches of every step (a function of the step: exact resume) and the validation sets."""
+    """The batches of every step (a function of the step: exact resume) and the validation sets.
 
-    def __init__(self, cfg: DataConfig, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    batch_size: the global batch. Under data parallelism (``rank`` / ``world_size``, by default this
+    process's, see ``distributed.world``) ``batch_at`` gives this rank's disjoint share of it:
+    rows ``[rank * b, (rank + 1) * b)`` with ``b = batch_size / world_size``.
+    """
+
+    def __init__(self, cfg: DataConfig, batch_size: int, seed: int, rank: int | None = None, world_size: int | None = None):
         self.cfg = cfg
+        if rank is None or world_size is None:
+            rank, world_size = world()
+        if batch_size % world_size:
+            raise ConfigError(f"batch_size {batch_size} (the global batch) does not split over {world_size} ranks")
         self.corpus = PreparedCorpus(cfg.corpus)
         self.train = SequenceDataset(self.corpus, "train", cfg.seq_len, exclude_sources=cfg.exclude_sources)
-        self.sampler = StepBatchSampler(len(self.train), batch_size, seed, rank, world_size)
+        self.sampler = StepBatchSampler(len(self.train), batch_size // world_size, seed, rank, world_size)
         val_len = cfg.validation_seq_len or cfg.seq_len
         self.validation = SequenceDataset(self.corpus, "validation", val_len, exclude_sources=["synthetic"], allow_empty=True)
         self.recall = None
