@@ -141,6 +141,30 @@ def test_post_training_logs_and_validates(qa_base, tiny_corpus, tmp_path, method
     assert state["config"]["refine"]["reward"] == "hybrid"  # the post-training default (SPEC 2.8)
 
 
+def test_post_training_from_a_ruler_qa_file(qa_base, tiny_corpus, tmp_path):
+    """``qa.files``: examples are rows of RULER-QA-format files (here written by ``refine-lm data qa``), by step."""
+    rows = tmp_path / "train.parquet"
+    assert (
+        main(
+            [
+                "data",
+                "qa",
+                f"corpus={tiny_corpus}",
+                "split=train",
+                "examples=6",
+                "qa.lengths=[192]",
+                "qa.facts=2",
+                f"output={rows}",
+            ]
+        )
+        == 0
+    )
+    args = post_args(qa_base, tiny_corpus, tmp_path / "run", "nested-sft", "loop.steps=2", f"qa.files=[{rows}]")
+    assert main(["train", *args, "qa.validation_examples=0"]) == 0
+    train = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+    assert len(train) == 2 and train[0]["prompt_tokens"] <= 192
+
+
 def test_post_training_resumes_to_identical_weights(qa_base, tiny_corpus, tmp_path):
     common = ("qa.validation_examples=0", "refine.ppo_epochs=2")
     assert main(["train", *post_args(qa_base, tiny_corpus, tmp_path / "straight", "refine", "loop.steps=3", *common)]) == 0
