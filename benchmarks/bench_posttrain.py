@@ -29,6 +29,7 @@ import torch
 
 from refine_lm.config import load_config
 from refine_lm.data.qa import FactQAConfig, QAFileConfig, write_qa_file
+from refine_lm.eval.qa import load_qa_examples
 from refine_lm.eval.suite import EvalConfig, run_suite
 from refine_lm.models.registry import load_model
 from refine_lm.refine.objective import RefineConfig
@@ -37,7 +38,7 @@ from refine_lm.train.loop import LoopConfig
 from refine_lm.train.metrics import read_metrics
 from refine_lm.train.midtrain import TrainConfig, run_training
 from refine_lm.train.optim import OptimConfig
-from refine_lm.train.posttrain import QADataConfig
+from refine_lm.train.posttrain import QADataConfig, answer_loss, encode_example
 
 
 @dataclass
@@ -164,33 +165,40 @@ def evaluate(cfg: BenchPosttrainConfig, model_dir: str, qa_file: Path, out: Path
     report = run_suite(eval_cfg, model, tokenizer)
     seconds = time.perf_counter() - started
     result = report["results"]["ruler_qa"]
+    nll = None
+    if ttt == "none":  # teacher-forced answer loss on the same file: a signal even where accuracy is 0
+        pairs = [encode_example(tokenizer, e.prompt, e.references[0], eval_cfg.max_length) for e in load_qa_examples(qa_file)]
+        nll = answer_loss(model, pairs)
     command = ["refine-lm eval --model", model_dir, "--tasks ruler_qa --qa-path", str(qa_file),
                f"--qa-max-new-tokens {cfg.max_new_tokens} --lengths {','.join(map(str, cfg.qa.lengths))}",
                f"--seed {seed} --output-dir {out}"]  # fmt: skip
     if ttt != "none":
         command.append(f"--ttt {ttt} --ttt-steps {cfg.ttt_steps} --ttt-lr {cfg.ttt_lr}")
         command += [f"--{c.replace('=', ' ')}" for c in _changed(cfg.ttt_refine, "ttt-refine.")] if ttt == "refine" else []
-    return {"score": result["score"], "ttt": result.get("ttt"), "wall_seconds": seconds, "command": _command(command)}
+    return {"score": result["score"], "answer_nll": nll, "ttt": result.get("ttt"), "wall_seconds": seconds,
+            "command": _command(command)}  # fmt: skip
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 1) -> str:
     if len(values) < 2:
-        return f"{values[0]:.1f}" if values else "—"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}" if values else "—"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(cfg: BenchPosttrainConfig, runs: dict[str, dict[int, dict[str, Any]]]) -> str:
     """Mean ± std over seeds, per-seed scores, training cost (logged step seconds, compute), TTT cost per example."""
     lines = [
-        f"| model | held-out QA accuracy (%) | per seed ({', '.join(map(str, cfg.seeds))}) | train seconds | "
-        "train compute tokens | TTT added per example |",
-        "|---|---|---|---|---|---|",
+        f"| model | held-out QA accuracy (%) | per seed ({', '.join(map(str, cfg.seeds))}) | answer NLL (nats/token) | "
+        "train seconds | train compute tokens | TTT added per example |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, by_seed in runs.items():
         done = [by_seed[s] for s in cfg.seeds if s in by_seed]
         trained = [r["train"] for r in done if "train" in r]
         ttt = [r["ttt"] for r in done if r.get("ttt")]
         cells = [mean_std([r["score"] for r in done]), " / ".join(f"{r['score']:.1f}" for r in done)]
+        nlls = [r["answer_nll"] for r in done if r.get("answer_nll") is not None]
+        cells.append(mean_std(nlls, digits=2) if nlls else "—")
         cells.append(f"{statistics.mean(t['train_seconds_logged'] for t in trained):,.0f}" if trained else "—")
         cells.append(f"{statistics.mean(t['compute_tokens'] for t in trained):,.0f}" if trained else "—")
         if ttt:

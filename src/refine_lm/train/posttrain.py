@@ -55,6 +55,14 @@ class QADataConfig:
             raise ValueError("need validation_examples >= 0, max_prompt_tokens >= 32 and max_new_tokens >= 1")
 
 
+def encode_example(tokenizer, prompt: str, answer: str, max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt ids as the evaluator reads them (special tokens, middle cut) and the answer's ids:
+    ``" " + answer + newline`` (the evaluator stops at the newline)."""
+    prompt_ids = truncate_middle(tokenizer(prompt, add_special_tokens=True)["input_ids"], max_prompt_tokens)
+    answer_ids = tokenizer(" " + answer.strip() + "\n", add_special_tokens=False)["input_ids"]
+    return torch.tensor(prompt_ids, dtype=torch.long), torch.tensor(answer_ids, dtype=torch.long)
+
+
 def _examples_from_rows(rows: list[dict[str, Any]], task: str, max_new_tokens: int) -> list[Example]:
     return [
         Example(
@@ -91,12 +99,7 @@ class QATrainingData:
         return self._corpus
 
     def encode(self, prompt: str, answer: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt ids as the evaluator reads them (special tokens, middle cut) and the answer's ids:
-        ``" " + answer + newline`` (the evaluator stops at the newline)."""
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        prompt_ids = truncate_middle(prompt_ids, self.cfg.max_prompt_tokens)
-        answer_ids = self.tokenizer(" " + answer.strip() + "\n", add_special_tokens=False)["input_ids"]
-        return torch.tensor(prompt_ids, dtype=torch.long), torch.tensor(answer_ids, dtype=torch.long)
+        return encode_example(self.tokenizer, prompt, answer, self.cfg.max_prompt_tokens)
 
     def examples_at(self, step: int) -> list[tuple[str, str]]:
         """(prompt, answer) of the examples of step ``step``."""
@@ -131,21 +134,27 @@ class QATrainingData:
                 return _validate(model)
 
         def _validate(model: nn.Module) -> dict[str, float]:
-            device = next(model.parameters()).device
-            nll = count = 0.0
-            for i in range(0, len(pairs), batch_size):
-                part = pairs[i : i + batch_size]
-                ids, mask, labels = answer_sft_inputs(QABatch([p for p, _ in part], [a for _, a in part]))
-                out = model(ids.to(device), attention_mask=mask.to(device), labels=labels.to(device), return_logits=False,
-                            return_hidden="none")  # fmt: skip
-                nll += float(out.loss) * out.num_tokens
-                count += out.num_tokens
             evaluator = Evaluator(model, self.tokenizer, batch_size=batch_size, max_length=self.cfg.max_prompt_tokens,
                                   progress=False)  # fmt: skip
             records = evaluator.run(examples, score_qa)
-            return {"answer_loss": nll / max(count, 1), "qa_acc": float(np.mean([r["score"] for r in records]))}
+            return {"answer_loss": answer_loss(model, pairs, batch_size), "qa_acc": float(np.mean([r["score"] for r in records]))}
 
         return validate
+
+
+@torch.no_grad()
+def answer_loss(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int = 8) -> float:
+    """Mean negative log-likelihood per answer token of (prompt ids, answer ids) pairs, teacher-forced."""
+    device = next(model.parameters()).device
+    nll = count = 0.0
+    for i in range(0, len(pairs), batch_size):
+        part = pairs[i : i + batch_size]
+        ids, mask, labels = answer_sft_inputs(QABatch([p for p, _ in part], [a for _, a in part]))
+        out = model(ids.to(device), attention_mask=mask.to(device), labels=labels.to(device), return_logits=False,
+                    return_hidden="none")  # fmt: skip
+        nll += float(out.loss) * out.num_tokens
+        count += out.num_tokens
+    return nll / max(count, 1)
 
 
 def posttrain(cfg) -> dict[str, float]:
