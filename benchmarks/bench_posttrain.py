@@ -30,7 +30,8 @@ import torch
 from refine_lm.config import load_config
 from refine_lm.data.qa import FactQAConfig, QAFileConfig, write_qa_file
 from refine_lm.eval.qa import load_qa_examples
-from refine_lm.eval.suite import EvalConfig, run_suite
+from refine_lm.eval.suite import EvalConfig, make_evaluator, run_suite
+from refine_lm.eval.ttt import TestTimeTrainer
 from refine_lm.models.registry import load_model
 from refine_lm.refine.objective import RefineConfig
 from refine_lm.train.checkpoint import list_checkpoints
@@ -139,6 +140,24 @@ def post_train(cfg: BenchPosttrainConfig, method: str, seed: int, out: Path) -> 
     }
 
 
+class AnswerScoringTTT(TestTimeTrainer):
+    """Test-time training that also measures, after adapting to each prompt (before restoring), the
+    teacher-forced NLL of the prompt's reference answer: a signal where accuracy is 0."""
+
+    references: dict[tuple[int, ...], torch.Tensor]  # prompt ids -> answer ids
+
+    def adapt(self, ids, generator):
+        self.current = ids[0]
+        self.answer_nll = getattr(self, "answer_nll", [])
+        return super().adapt(ids, generator)
+
+    def restore(self) -> None:
+        answer = self.references.get(tuple(self.current.tolist()))
+        if answer is not None:
+            self.answer_nll.append((answer_loss(self.model, [(self.current, answer.to(self.current.device))]), len(answer)))
+        super().restore()
+
+
 def evaluate(cfg: BenchPosttrainConfig, model_dir: str, qa_file: Path, out: Path, seed: int, ttt: str = "none") -> dict[str, Any]:
     eval_cfg = EvalConfig(
         model=model_dir,
@@ -161,14 +180,20 @@ def evaluate(cfg: BenchPosttrainConfig, model_dir: str, qa_file: Path, out: Path
 
     model = load_model(model_dir).to(cfg.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # teacher-forced answer loss on the same file (after adaptation, with TTT): a signal even where accuracy is 0
+    pairs = [encode_example(tokenizer, e.prompt, e.references[0], eval_cfg.max_length) for e in load_qa_examples(qa_file)]
+    evaluator = make_evaluator(eval_cfg, model, tokenizer, ttt_class=AnswerScoringTTT)
+    if ttt != "none":
+        evaluator.references = {tuple(p.tolist()): a for p, a in pairs}
     started = time.perf_counter()
-    report = run_suite(eval_cfg, model, tokenizer)
+    report = run_suite(eval_cfg, model, tokenizer, evaluator=evaluator)
     seconds = time.perf_counter() - started
     result = report["results"]["ruler_qa"]
-    nll = None
-    if ttt == "none":  # teacher-forced answer loss on the same file: a signal even where accuracy is 0
-        pairs = [encode_example(tokenizer, e.prompt, e.references[0], eval_cfg.max_length) for e in load_qa_examples(qa_file)]
+    if ttt == "none":
         nll = answer_loss(model, pairs)
+    else:  # examples answered from the evaluation cache were not adapted to in this run: no value for them
+        scored = getattr(evaluator, "answer_nll", [])
+        nll = sum(v * n for v, n in scored) / sum(n for _, n in scored) if scored else None
     command = ["refine-lm eval --model", model_dir, "--tasks ruler_qa --qa-path", str(qa_file),
                f"--qa-max-new-tokens {cfg.max_new_tokens} --lengths {','.join(map(str, cfg.qa.lengths))}",
                f"--seed {seed} --output-dir {out}"]  # fmt: skip

@@ -163,8 +163,9 @@ def fingerprint(cfg: EvalConfig) -> str:
     return json.dumps(identity, sort_keys=True)
 
 
-def make_evaluator(cfg: EvalConfig, model, tokenizer) -> Evaluator:
-    """The evaluator of ``cfg``: plain, or a :class:`~refine_lm.eval.ttt.TestTimeTrainer` when ``ttt`` is set."""
+def make_evaluator(cfg: EvalConfig, model, tokenizer, ttt_class: type | None = None) -> Evaluator:
+    """The evaluator of ``cfg``: plain, or a :class:`~refine_lm.eval.ttt.TestTimeTrainer` (or ``ttt_class``, a
+    subclass of it) when ``ttt`` is set."""
     settings = dict(
         batch_size=cfg.batch_size,
         max_length=cfg.max_length,
@@ -180,7 +181,7 @@ def make_evaluator(cfg: EvalConfig, model, tokenizer) -> Evaluator:
         return Evaluator(model, tokenizer, **settings)
     from .ttt import TestTimeTrainer
 
-    return TestTimeTrainer(
+    return (ttt_class or TestTimeTrainer)(
         model, tokenizer, method=cfg.ttt, steps=cfg.ttt_steps, lr=cfg.ttt_lr, mode=cfg.ttt_mode, params=cfg.ttt_params,
         refine=cfg.ttt_refine, memory_every=cfg.ttt_memory_every, **settings,
     )  # fmt: skip
