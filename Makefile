@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/refine-lm generate --config configs/demo_generate.yaml
+	# the default corpus (reused when already built with the same settings), then the main job
+	$(BIN)/refine-lm data prepare --config configs/data/default.yaml
+	$(BIN)/refine-lm demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from refine_lm.config import load_config
+from refine_lm.data.tokenizer import train_tokenizer
 from refine_lm.eval.niah import NIAHBuilder, NIAHConfig, score_niah
 from refine_lm.eval.runner import Evaluator, Throughput
-from refine_lm.eval.synthetic import tokenizer_training_text, train_byte_bpe_tokenizer
+from refine_lm.eval.synthetic import tokenizer_training_text
 from refine_lm.models.registry import build_config, build_model, load_model
 
 
@@ -70,7 +71,7 @@ def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] 
         models = {arch: lambda arch=arch: build_model(arch, cfg.preset, seed=0).to(cfg.device) for arch in cfg.archs}
         vocab_size = min(build_config(arch, cfg.preset).vocab_size for arch in cfg.archs)
         print(f"training a throwaway byte-level BPE tokenizer (vocab {vocab_size}) on made-up text ...", flush=True)
-        tokenizer = train_byte_bpe_tokenizer(tokenizer_training_text(20000), vocab_size=vocab_size)
+        tokenizer = train_tokenizer(tokenizer_training_text(20000), vocab_size=vocab_size)
     results: dict[str, dict] = {}
     for name, make in models.items():
         model = make().eval()

@@ -146,10 +146,10 @@ class AnswerScoringTTT(TestTimeTrainer):
 
     references: dict[tuple[int, ...], torch.Tensor]  # prompt ids -> answer ids
 
-    def adapt(self, ids, generator):
+    def adapt(self, ids, rng):
         self.current = ids[0]
         self.answer_nll = getattr(self, "answer_nll", [])
-        return super().adapt(ids, generator)
+        return super().adapt(ids, rng)
 
     def restore(self) -> None:
         answer = self.references.get(tuple(self.current.tolist()))

@@ -26,7 +26,7 @@ from refine_lm.cli.generate import resolve_model
 from refine_lm.config import load_config
 from refine_lm.memory import peak_memory_bytes
 from refine_lm.refine.objective import RefineConfig, RefineObjective
-from refine_lm.train.loop import step_generator
+from refine_lm.train.loop import StepRandom
 from refine_lm.train.ntp import NextTokenObjective
 from refine_lm.train.optim import OptimConfig, build_optimizer
 
@@ -46,9 +46,9 @@ class BenchRefineConfig:
     output: str = "runs/bench/refine.json"
 
 
-def one_step(model, objective, optimizer, batch: torch.Tensor, generator: torch.Generator) -> None:
+def one_step(model, objective, optimizer, batch: torch.Tensor, rng: StepRandom) -> None:
     """The work of one training step, without the loop's logging and checkpointing."""
-    for micro_batches in objective.updates(model, batch, generator):
+    for micro_batches in objective.updates(model, batch, rng):
         optimizer.zero_grad(set_to_none=True)
         for micro in micro_batches:
             loss, _ = objective.loss(model, micro)
@@ -61,12 +61,12 @@ def measure(cfg: BenchRefineConfig, model, objective, batch: torch.Tensor, repea
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        one_step(model, objective, optimizer, batch, step_generator(cfg.seed, i))
+        one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, i))
         if i:  # the first step warms up
             times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times)}
     if memory:
-        peak, _ = peak_memory_bytes(lambda: one_step(model, objective, optimizer, batch, step_generator(cfg.seed, 99)))
+        peak, _ = peak_memory_bytes(lambda: one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, 99)))
         result["peak_mib"] = peak / 2**20
     return result
 

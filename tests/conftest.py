@@ -41,9 +41,10 @@ def random_ids(batch: int, length: int, vocab: int = 512, seed: int = 0) -> torc
 @pytest.fixture(scope="session")
 def eval_tokenizer():
     """A byte-level BPE tokenizer (vocab 512, fits the tiny preset) trained on made-up text, nothing downloaded."""
-    from refine_lm.eval.synthetic import tokenizer_training_text, train_byte_bpe_tokenizer
+    from refine_lm.data.tokenizer import train_tokenizer
+    from refine_lm.eval.synthetic import tokenizer_training_text
 
-    return train_byte_bpe_tokenizer(tokenizer_training_text(), vocab_size=512)
+    return train_tokenizer(tokenizer_training_text(), vocab_size=512)
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,15 @@ def test_bench_models_runs_at_toy_sizes(tmp_path, capsys):
     assert out.is_file() and out.with_suffix(".png").is_file() and "memory ratio" in capsys.readouterr().out
 
 
+def test_bench_scale_runs_at_toy_sizes(tmp_path, capsys):
+    out = tmp_path / "scale.json"
+    args = ["bench", "scale", "model=random:delta_net:tiny", "lengths=[64]", "steps=2", "num_chunks=2", f"output={out}"]
+    assert main(args) == 0
+    assert "tokens/s (all ranks)" in capsys.readouterr().out
+    results = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in results] == ["sft", "refine"] and all(r["tokens_per_s"] > 0 for r in results)
+
+
 def test_flags_are_overrides_too(tmp_path, capsys):
     target = tmp_path / "m"
     assert main(["generate", "--save-to", str(target), "--max-new-tokens", "2", "--do-sample=false", "--prompt", "ab"]) == 0

@@ -8,7 +8,7 @@ import torch
 from refine_lm.ops.conv import causal_conv1d, causal_conv1d_step, conv_cache_at
 from refine_lm.ops.delta_rule import chunk_delta_rule, delta_rule_step, l2_normalize, naive_delta_rule
 from refine_lm.ops.lm_head import IGNORE_INDEX, token_logprobs, token_stats
-from refine_lm.ops.sampling import filter_logits, sample_tokens
+from refine_lm.ops.sampling import filter_logits, inverse_cdf, sample_tokens
 from refine_lm.state import StateQuery
 
 F64 = torch.float64
@@ -152,3 +152,17 @@ def test_sampling_greedy_and_logprobs():
     assert tokens.tolist() == [1, 0]  # top-k 1 is greedy
     tokens, logp = sample_tokens(logits, do_sample=True, temperature=0.5, generator=gen)
     assert torch.allclose(logp, (logits / 0.5).log_softmax(-1).gather(-1, tokens[:, None])[:, 0])
+
+
+def test_inverse_cdf_draws_follow_the_distribution_row_by_row():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
+    # boundaries: [0, 0.5) -> 0, [0.5, 0.8) -> 2, [0.8, 1) -> 3; zero-mass tokens never come out
+    u = torch.tensor([0.0, 0.49, 0.5, 0.79, 0.8, 0.999999, 1 - 2**-53], dtype=torch.float64)
+    assert inverse_cdf(probs.expand(len(u), -1), u).tolist() == [0, 0, 2, 2, 3, 3, 3]
+    assert inverse_cdf(probs[None] * 7, u[[2]]).tolist() == [2]  # unnormalised mass
+    many = inverse_cdf(probs.expand(20000, -1), torch.rand(20000, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(torch.bincount(many, minlength=5) / 20000.0, probs, atol=0.015)
+    # a row's draw does not depend on the rest of the batch
+    batch = torch.softmax(torch.randn(6, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64), -1)
+    draws = torch.rand(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert inverse_cdf(batch, draws)[3:].tolist() == inverse_cdf(batch[3:], draws[3:]).tolist()

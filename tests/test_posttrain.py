@@ -14,6 +14,7 @@ from refine_lm.models.registry import build_model, load_model
 from refine_lm.ops.lm_head import IGNORE_INDEX
 from refine_lm.refine.objective import RefineConfig
 from refine_lm.train.checkpoint import list_checkpoints, load_trainer_state
+from refine_lm.train.loop import StepRandom
 from refine_lm.train.metrics import read_metrics
 from refine_lm.train.midtrain import TrainConfig, run_training
 from refine_lm.train.nested import NestedObjective, QABatch, answer_sft_inputs
@@ -47,7 +48,7 @@ def test_answer_sft_loss_is_the_mean_nll_of_answer_tokens(micro_batch_size):
     model = tiny_model("delta_net")
     batch = hand_built_batch()
     objective = NestedObjective("answer-sft", RefineConfig(), micro_batch_size)
-    updates = list(objective.updates(model, batch, torch.Generator().manual_seed(0)))
+    updates = list(objective.updates(model, batch, StepRandom(0, 0)))
     assert objective.updates_per_step == len(updates) == 1  # no inner step
     loss = sum(objective.loss(model, micro)[0] for micro in updates[0])
 
@@ -80,7 +81,7 @@ def test_the_inner_step_never_sees_the_answer(method):
         model.forward = spy
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         objective = NestedObjective(method, INNER_REFINE, micro_batch_size=2)
-        for micro_batches in objective.inner_updates(model, QABatch(prompts, answers), torch.Generator().manual_seed(0)):
+        for micro_batches in objective.inner_updates(model, QABatch(prompts, answers), StepRandom(0, 0)):
             optimizer.zero_grad()
             sum(objective.loss(model, m)[0] for m in micro_batches).backward()
             optimizer.step()
@@ -99,7 +100,7 @@ def test_refine_rollouts_start_inside_each_prompt():
     model = tiny_model("delta_net")
     prompts = [random_ids(1, 24, seed=1)[0], random_ids(1, 60, seed=2)[0]]
     objective = NestedObjective("refine", INNER_REFINE, micro_batch_size=2)
-    updates = list(objective.inner_updates(model, QABatch(prompts, [prompts[0][:2]] * 2), torch.Generator().manual_seed(0)))
+    updates = list(objective.inner_updates(model, QABatch(prompts, [prompts[0][:2]] * 2), StepRandom(0, 0)))
     assert len(updates) == 1 and len(updates[0]) == 2  # one update, one micro-batch per prompt
     for micro, prompt in zip(updates[0], prompts):
         r = micro.rollouts

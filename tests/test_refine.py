@@ -11,6 +11,7 @@ from refine_lm.refine.grpo import clipped_policy_loss, grpo_advantages, k3_kl
 from refine_lm.refine.objective import RefineConfig, RefineMicroBatch, RefineObjective
 from refine_lm.refine.rewards import RewardInputs, cosine_reward, exact_reward, hybrid_reward, resolve_reward
 from refine_lm.refine.selection import select_positions, smooth_entropy, smoothing_window
+from refine_lm.train.loop import StepRandom
 
 from .conftest import ARCHS, random_ids, tiny_model
 
@@ -144,8 +145,8 @@ def test_cached_rollouts_equal_reprefill(arch):
     cfg = dict(num_chunks=3, rollout_len=4, rollouts_per_position=2, margin=3, snapshot_stride=5, reward="hybrid")
     cached = RefineObjective(RefineConfig(**cfg, rollout_mode="cached"), micro_batch_size=2)
     oracle = RefineObjective(RefineConfig(**cfg, rollout_mode="reprefill"), micro_batch_size=2)
-    a = cached.rollout(model, ids, torch.Generator().manual_seed(1))
-    b = oracle.rollout(model, ids, torch.Generator().manual_seed(1))
+    a = cached.rollout(model, ids, StepRandom(1, 0))
+    b = oracle.rollout(model, ids, StepRandom(1, 0))
     assert torch.equal(a.starts, b.starts) and torch.equal(a.tokens, b.tokens)
     assert torch.allclose(a.old_logprobs, b.old_logprobs, atol=1e-10, rtol=0)
     assert torch.allclose(a.advantages, b.advantages, atol=1e-8, rtol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from refine_lm.cli import main
@@ -17,8 +18,8 @@ LOOP = ["loop.batch_size=2", "loop.log_every=1"]
 @pytest.fixture(scope="module")
 def tiny_base(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    args = ["pretrain", f"data.corpus={tiny_corpus}", "data.seq_len=128", "model.preset=tiny", "loop.steps=4", *LOOP]
-    args += [f"output_dir={out / 'run'}", f"export_to={out / 'base'}", "optim.lr=3e-3", "optim.warmup_steps=1"]
+    args = ["pretrain", f"data.corpus={tiny_corpus}", "data.seq_len=128", "model.preset=tiny", "loop.steps=12", *LOOP]
+    args += [f"output_dir={out / 'run'}", f"export_to={out / 'base'}", "optim.lr=1e-2", "optim.warmup_steps=1"]
     assert main(args) == 0
     return out / "base"
 
@@ -28,7 +29,7 @@ def test_pretrain_exports_a_loadable_base_with_its_tokenizer(tiny_base):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     assert model.config.vocab_size == len(tokenizer)
     results = json.loads((tiny_base / "results.json").read_text())
-    assert results["training_tokens"] == 4 * 2 * 128 and "loss" in results["validation"]
+    assert results["training_tokens"] == 12 * 2 * 128 and "loss" in results["validation"]
     assert (tiny_base / "training.yaml").is_file()
 
 
@@ -72,9 +73,10 @@ def test_mismatched_tokenizer_is_refused(tiny_corpus, tmp_path, capsys):
     from refine_lm.models.registry import build_model
 
     build_model("delta_net", "tiny").save_pretrained(tmp_path / "m")
-    from refine_lm.eval.synthetic import tokenizer_training_text, train_byte_bpe_tokenizer
+    from refine_lm.data.tokenizer import train_tokenizer
+    from refine_lm.eval.synthetic import tokenizer_training_text
 
-    train_byte_bpe_tokenizer(tokenizer_training_text(), vocab_size=512).save_pretrained(tmp_path / "m")
+    train_tokenizer(tokenizer_training_text(), vocab_size=512).save_pretrained(tmp_path / "m")
     assert main(["train", f"model={tmp_path / 'm'}", f"data.corpus={tiny_corpus}", "data.seq_len=128"]) == 2
     assert "different tokenizers" in capsys.readouterr().err
 
@@ -96,3 +98,41 @@ def test_demo_end_to_end_at_toy_size(tiny_corpus, tiny_base, tmp_path, capsys):
         assert row in report
     assert (out / "curves.png").is_file() and (out / "eval" / "refine" / "niah_single.png").is_file()
     assert "report:" in capsys.readouterr().out
+
+
+def test_pretraining_lowers_validation_loss_below_unigram(tiny_corpus, tiny_base):
+    from refine_lm.models.registry import build_model
+    from refine_lm.train.data import DataConfig, TrainingData
+
+    data = TrainingData(DataConfig(corpus=str(tiny_corpus), seq_len=128), batch_size=2, seed=0)
+    untrained = data.validator()(build_model("delta_net", "tiny", seed=0, vocab_size=len(data.tokenizer())))
+    trained = json.loads((tiny_base / "results.json").read_text())["validation"]
+    assert trained["loss"] < untrained["loss"] - 0.5
+    assert trained["unigram_ppl"] > 1 and trained["unigram_loss"] < untrained["loss"]
+
+
+def test_interrupted_pretraining_resumes_identically(tiny_corpus, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from refine_lm.train import data as train_data
+    from refine_lm.train.checkpoint import list_checkpoints
+
+    args = ["pretrain", f"data.corpus={tiny_corpus}", "data.seq_len=128", "model.preset=tiny", "loop.steps=4", *LOOP]
+    args += ["loop.save_every=2", "optim.lr=3e-3"]
+    assert main([*args, f"output_dir={tmp_path / 'straight'}"]) == 0
+
+    original = train_data.TrainingData.batch_at
+
+    def stop_at_step_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(train_data.TrainingData, "batch_at", stop_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, f"output_dir={tmp_path / 'cut'}"])
+    monkeypatch.setattr(train_data.TrainingData, "batch_at", original)
+    assert main([*args, f"output_dir={tmp_path / 'cut'}"]) == 0
+    a = load_file(list_checkpoints(tmp_path / "straight")[-1] / "model.safetensors")
+    b = load_file(list_checkpoints(tmp_path / "cut")[-1] / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

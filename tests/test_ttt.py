@@ -28,8 +28,8 @@ def weights(model) -> dict[str, torch.Tensor]:
 class Recording(TestTimeTrainer):
     """Also notes the adapted weights of each prompt (a checksum), to compare adaptations across runs."""
 
-    def adapt(self, ids, generator):
-        skipped = super().adapt(ids, generator)
+    def adapt(self, ids, rng):
+        skipped = super().adapt(ids, rng)
         self.adapted_to[tuple(ids[0].tolist())] = sum(float(p.detach().double().sum()) for p in self.params)
         return skipped
 
@@ -51,7 +51,7 @@ def test_adapting_changes_the_weights_and_restore_puts_them_back_bit_for_bit(eva
     original = weights(model)
     ttt = trainer(model, eval_tokenizer)
     prompt = ttt.encode(examples[0])[0]
-    ttt.adapt(torch.tensor([prompt]), ttt.example_generator(prompt))
+    ttt.adapt(torch.tensor([prompt]), ttt.example_random(prompt))
     assert all(not torch.equal(p, original[n]) for n, p in model.named_parameters())  # every parameter adapted
     assert ttt.optimizer.state_dict()["state"]  # AdamW moments exist now
     ttt.restore()
@@ -99,7 +99,7 @@ def test_only_parameters_matching_the_pattern_adapt(eval_tokenizer, examples):
     ttt = trainer(model, eval_tokenizer, params=[r"attn\.(q|k|v)_proj"], steps=1)
     assert ttt.adapted == [f"model.layers.{i}.attn.{x}_proj.weight" for i in range(2) for x in "qkv"]
     prompt = ttt.encode(examples[0])[0]
-    ttt.adapt(torch.tensor([prompt]), ttt.example_generator(prompt))
+    ttt.adapt(torch.tensor([prompt]), ttt.example_random(prompt))
     for name, p in model.named_parameters():
         assert torch.equal(p, original[name]) != (name in ttt.adapted), name
     assert ttt.describe()["adapted_parameters"] == sum(p.numel() for n, p in model.named_parameters() if n in ttt.adapted)

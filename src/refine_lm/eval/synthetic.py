@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 
 from ..config import ConfigError
 
@@ -86,33 +85,6 @@ def filler_text(num_sentences: int, seed: int = 0) -> str:
     """``num_sentences`` of made-up prose, as one paragraph."""
     rng = random.Random(seed)
     return " ".join(filler_sentence(rng) for _ in range(num_sentences))
-
-
-def train_byte_bpe_tokenizer(texts: Iterable[str], vocab_size: int, save_to: str | Path | None = None):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (``<unk>``, ``<s>``, ``</s>`` = ids 0-2).
-
-    Byte-level, so it encodes and decodes any text exactly; ``vocab_size`` must be >= 259 (256 bytes
-    + 3 specials). Saved with ``save_pretrained`` when ``save_to`` is given.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    if vocab_size < 259:
-        raise ValueError(f"vocab_size must be >= 259 for a byte-level tokenizer, got {vocab_size}")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    if save_to is not None:
-        wrapped.save_pretrained(str(save_to))
-    return wrapped
 
 
 def tokenizer_training_text(num_sentences: int = 2000, seed: int = 0) -> list[str]:

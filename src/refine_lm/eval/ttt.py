@@ -40,6 +40,7 @@ from torch import nn
 from ..config import ConfigError
 from ..memory import peak_memory_bytes
 from ..refine.objective import RefineConfig, RefineObjective
+from ..train.loop import StepRandom
 from ..train.ntp import NextTokenObjective
 from ..train.optim import OptimConfig, build_optimizer
 from .runner import Evaluator
@@ -126,12 +127,11 @@ class TestTimeTrainer(Evaluator):
                 param.copy_(self.original[name])
         self.optimizer.load_state_dict(copy.deepcopy(self.initial_optimizer_state))
 
-    def example_generator(self, prompt: Sequence[int]) -> torch.Generator:
+    def example_random(self, prompt: Sequence[int]) -> StepRandom:
         """The random draws of one example: a function of the evaluation seed and the prompt's tokens only."""
-        digest = zlib.crc32(np.asarray(prompt, dtype=np.int64).tobytes())
-        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + digest)
+        return StepRandom(self.seed, zlib.crc32(np.asarray(prompt, dtype=np.int64).tobytes()))
 
-    def adapt(self, ids: torch.Tensor, generator: torch.Generator) -> int:
+    def adapt(self, ids: torch.Tensor, rng: StepRandom) -> int:
         """``steps`` updates on ``ids [1, L]``; returns how many were skipped as non-finite."""
         if self.method == "refine":
             cfg, L = self.refine_cfg, ids.shape[1]
@@ -146,7 +146,7 @@ class TestTimeTrainer(Evaluator):
         self.model.train()
         with _trainable(self.model, self.adapted), torch.enable_grad(), self._autocast():
             for _ in range(self.steps):
-                for micro_batches in self.objective.updates(self.model, ids, generator):
+                for micro_batches in self.objective.updates(self.model, ids, rng):
                     self.optimizer.zero_grad(set_to_none=True)
                     loss_sum = 0.0
                     for micro in micro_batches:
@@ -168,15 +168,15 @@ class TestTimeTrainer(Evaluator):
         answers, info = [], []
         for prompt in prompts:
             ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-            generator = self.example_generator(prompt)
+            rng = self.example_random(prompt)
             free = self.device.type == "cuda"  # the allocator's counters cost nothing
             measure = self.memory_every > 0 and (free or self.examples_adapted % self.memory_every == 0)
             self.examples_adapted += 1
             start = self._clock()
             if measure:
-                peak, skipped = peak_memory_bytes(lambda ids=ids, generator=generator: self.adapt(ids, generator), self.device)
+                peak, skipped = peak_memory_bytes(lambda ids=ids, rng=rng: self.adapt(ids, rng), self.device)
             else:
-                peak, skipped = None, self.adapt(ids, generator)
+                peak, skipped = None, self.adapt(ids, rng)
             seconds = self._clock() - start
             answers += super().generate([prompt], max_new_tokens, stop_at_newline)
             if self.mode == "episodic":

@@ -379,12 +379,15 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
         return_hidden: bool = False,
         return_state: bool = False,
         generator: torch.Generator | None = None,
+        uniforms: Tensor | None = None,
     ) -> GenerationOutput:
         """Batched generation with the recurrent step (greedy unless ``do_sample``).
 
         Start from a prompt (``input_ids`` with an optional ``attention_mask``, read from ``state``
         if given), or directly from a memory: ``state`` plus ``last_hidden [B, D]``, the final
         hidden state at the last token read (this is how rollouts start from cached snapshots).
+        Sampling draws from ``generator``, or takes its random numbers from ``uniforms [B, max_new_tokens]``
+        (in [0, 1): row b's token j inverts its distribution at ``uniforms[b, j]``).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -404,7 +407,13 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
         tokens, logprobs, hiddens = [], [], []
         for j in range(max_new_tokens):
             token, logprob = sample_tokens(
-                self.lm_head(hidden), do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+                self.lm_head(hidden),
+                do_sample=do_sample,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+                uniforms=None if uniforms is None else uniforms[:, j],
             )
             token = token.masked_fill(finished, pad_token_id)
             logprobs.append(logprob.masked_fill(finished, 0.0))

@@ -9,6 +9,10 @@ Per training batch of B sequences (L tokens each):
    one forward over the sequences gives the NTP loss and differentiable states at the rollout
    starts; the rollouts are teacher-forced from them for the new log-probs; the clipped surrogate
    is averaged over rollout tokens.
+
+Every random draw belongs to one sequence (``StepRandom``: its positions, then its rollouts' tokens,
+then its mini-batch placement per epoch), so under data parallelism each rank rolls out and scores
+its own sequences exactly as one process would.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..train.distributed import mean_over_ranks
+from ..train.loop import StepRandom, mini_batch_rows
 from .grpo import GroupBy, clipped_policy_loss, grpo_advantages, k3_kl
 from .rewards import RewardInputs, resolve_reward, reward_report
 from .rollouts import (
@@ -137,8 +143,8 @@ class RefineMicroBatch:
     """Sequences of one micro-batch with their rollouts, and the token counts its loss shares are taken over."""
 
     rollouts: RolloutBatch
-    ntp_tokens: int  # predicted tokens in the whole mini-batch (NTP is a mean over them)
-    rollout_tokens: int  # rollout tokens in the whole mini-batch (PG is a token-mean over them)
+    ntp_tokens: float  # predicted tokens in the whole mini-batch, mean over ranks (NTP is a mean over them)
+    rollout_tokens: float  # rollout tokens in the whole mini-batch, mean over ranks (PG is a token-mean over them)
 
 
 class RefineObjective:
@@ -159,7 +165,9 @@ class RefineObjective:
 
     # ----- rollout phase ----------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, model, ids: Tensor, generator: torch.Generator) -> RolloutBatch:
+    def rollout(self, model, ids: Tensor, rng: StepRandom) -> RolloutBatch:
+        """Positions, rollouts, rewards and advantages of the sequences ``ids [B, L]`` (row b draws from
+        ``rng``'s stream b)."""
         cfg, n, k = self.cfg, self.cfg.rollouts_per_position, self.cfg.rollout_len
         B, L = ids.shape
         stride = cfg.snapshot_stride or max(1, L // (4 * cfg.num_chunks))
@@ -172,9 +180,10 @@ class RefineObjective:
             mode=cfg.selection,
             tau=cfg.tau,
             margin=cfg.margin,
-            generator=generator,
+            uniforms=rng.uniform(B, cfg.num_chunks, device=ids.device),
         )
-        sampling = dict(rollout_len=k, n=n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generator=generator)
+        uniforms = rng.uniform(B, cfg.num_chunks * n, k, device=ids.device).reshape(-1, k)  # rows in rollout order
+        sampling = dict(rollout_len=k, n=n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, uniforms=uniforms)
         if cached:
             last_hidden = gather_positions(read.hidden, starts - 1).reshape(B * cfg.num_chunks, -1)
             sampled = sample_rollouts(model, states_at(model, ids, read, starts), last_hidden, **sampling)
@@ -187,6 +196,7 @@ class RefineObjective:
 
         ref_logprobs = None
         if self.reference is not None and cfg.kl_beta > 0:
+            self.reference.to(ids.device)
             score = score_rollouts if cached else score_rollouts_reprefill
             ref_logprobs, _, _ = score(self.reference, ids, starts, sampled.tokens, n, with_ntp=False)
 
@@ -205,22 +215,19 @@ class RefineObjective:
         return self._step_metrics
 
     # ----- update phase -----------------------------------------------------------------------
-    def updates(self, model, batch: Tensor, generator: torch.Generator) -> Iterator[list[RefineMicroBatch]]:
-        rollouts = self.rollout(model, batch, generator)
+    def updates(self, model, batch: Tensor, rng: StepRandom) -> Iterator[list[RefineMicroBatch]]:
+        rollouts = self.rollout(model, batch, rng)
         cfg, n, k = self.cfg, self.cfg.rollouts_per_position, self.cfg.rollout_len
         B, L = batch.shape
-        if B % cfg.mini_batches:
-            raise ValueError(f"batch of {B} sequences does not split into {cfg.mini_batches} mini-batches")
         per_mini = B // cfg.mini_batches
-        micro = min(self.micro_batch_size, per_mini)
+        micro = min(self.micro_batch_size, max(per_mini, 1))
+        # each epoch places every sequence in a mini-batch by a draw of its own (mini_batch_rows)
+        keys = rng.uniform(B, cfg.ppo_epochs) if cfg.mini_batches > 1 else None
         for epoch in range(cfg.ppo_epochs):
-            order = torch.arange(B, device=batch.device)
-            if epoch:  # later epochs see the mini-batches in a new order
-                order = order[torch.randperm(B, generator=generator, device=batch.device)]
-            for m in range(cfg.mini_batches):
-                mini = order[m * per_mini : (m + 1) * per_mini]
-                ntp_tokens = len(mini) * (L - 1)
-                rollout_tokens = len(mini) * cfg.num_chunks * n * k
+            for mini in mini_batch_rows(B, cfg.mini_batches, None if keys is None else keys[:, epoch]):
+                mini = mini.to(batch.device)
+                ntp_tokens = mean_over_ranks(len(mini) * (L - 1))
+                rollout_tokens = mean_over_ranks(len(mini) * cfg.num_chunks * n * k)
                 yield [
                     RefineMicroBatch(rollouts.select(mini[i : i + micro], n), ntp_tokens, rollout_tokens)
                     for i in range(0, len(mini), micro)

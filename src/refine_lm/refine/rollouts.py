@@ -121,8 +121,12 @@ def sample_rollouts(
     top_p: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
+    uniforms: Tensor | None = None,
 ) -> SampledRollouts:
-    """n rollouts of k tokens from each state (``[M]`` states, ``last_hidden [M, D]``), all at once."""
+    """n rollouts of k tokens from each state (``[M]`` states, ``last_hidden [M, D]``), all at once.
+
+    Random numbers: ``uniforms [M * n, k]`` (rollout r's token j inverts its distribution at
+    ``uniforms[r, j]``), or drawn from ``generator``."""
     out = model.generate(
         state=states.repeat_interleave(n),
         last_hidden=last_hidden.repeat_interleave(n, 0),
@@ -133,6 +137,7 @@ def sample_rollouts(
         top_k=top_k,
         return_hidden=True,
         generator=generator,
+        uniforms=uniforms,
     )
     # the policy's log-probs at temperature 1, whatever the sampling temperature: from the hidden states
     before = torch.cat([last_hidden.repeat_interleave(n, 0)[:, None], out.hidden_states[:, :-1]], dim=1)
@@ -197,6 +202,7 @@ def sample_rollouts_reprefill(
     top_p: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
+    uniforms: Tensor | None = None,
 ) -> SampledRollouts:
     """Like :func:`sample_rollouts`, but every rollout first re-reads its prefix from scratch, and the
     old log-probs come from another full forward over prefix + rollout (as the public implementation)."""
@@ -211,6 +217,7 @@ def sample_rollouts_reprefill(
         top_k=top_k,
         return_hidden=True,
         generator=generator,
+        uniforms=uniforms,
     )
     logprobs, _, _ = score_rollouts_reprefill(model, ids, starts, out.tokens, n, with_ntp=False)
     return SampledRollouts(out.tokens, out.hidden_states, logprobs)

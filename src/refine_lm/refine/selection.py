@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.sampling import inverse_cdf
+
 SelectionMode = Literal["entropy", "uniform", "argmax", "argmin"]
 
 
@@ -38,6 +40,7 @@ def select_positions(
     tau: float = 1.0,
     margin: int = 20,
     generator: torch.Generator | None = None,
+    uniforms: Tensor | None = None,
 ) -> Tensor:
     """Rollout start positions ``s [B, num_chunks]``, one per chunk of each sequence.
 
@@ -47,6 +50,7 @@ def select_positions(
     uniformly, or the arg-max / arg-min), and the rollout starts at ``s = t + 1``: its prefix
     ``x[:s]`` ends with the token whose successor was uncertain. ``s`` is clamped to
     ``[margin, L - margin]`` and so that the k ground-truth tokens ``x[s:s+k]`` exist.
+    Random draws: ``uniforms [B, num_chunks]`` in [0, 1), or drawn from ``generator``.
     """
     B, L = entropy.shape
     chunk = L // num_chunks
@@ -56,13 +60,15 @@ def select_positions(
     if low > high:
         raise ValueError(f"sequences of {L} tokens are too short for margin {margin} and rollouts of {rollout_len} tokens")
     scores = smooth_entropy(entropy, rollout_len)[:, : num_chunks * chunk].reshape(B, num_chunks, chunk).float()
+    if mode in ("entropy", "uniform") and uniforms is None:
+        uniforms = torch.rand(B, num_chunks, generator=generator, device=entropy.device, dtype=torch.float64)
     if mode == "entropy":
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         probs = torch.softmax(scores / tau, dim=-1).reshape(B * num_chunks, chunk)
-        index = torch.multinomial(probs, 1, generator=generator).reshape(B, num_chunks)
+        index = inverse_cdf(probs, uniforms.to(entropy.device).reshape(-1)).reshape(B, num_chunks)
     elif mode == "uniform":
-        index = torch.randint(0, chunk, (B, num_chunks), generator=generator, device=entropy.device)
+        index = (uniforms.to(entropy.device) * chunk).long().clamp(max=chunk - 1)
     elif mode == "argmax":
         index = scores.argmax(-1)
     elif mode == "argmin":

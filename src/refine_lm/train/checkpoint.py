@@ -44,15 +44,18 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     tokenizer=None,
     keep_last: int = 2,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``output_dir/checkpoint-<step>`` atomically and keep only the newest ``keep_last``."""
+    """Write ``output_dir/checkpoint-<step>`` atomically and keep only the newest ``keep_last``.
+
+    ``state_dict``: the weights to write instead of the model's own (e.g. gathered from FSDP shards)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"checkpoint-{step:07d}"
     tmp = output_dir / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / TRAINER_STATE)

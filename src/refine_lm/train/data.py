@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import ConfigError
 from ..data import PreparedCorpus, SequenceDataset, StepBatchSampler
+from .distributed import world
 from .ntp import next_token_metrics
 
 
@@ -35,13 +37,22 @@ class DataConfig:
 
 
 class TrainingData:
-    """The batches of every step (a function of the step: exact resume) and the validation sets."""
+    """The batches of every step (a function of the step: exact resume) and the validation sets.
 
-    def __init__(self, cfg: DataConfig, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    batch_size: the global batch. Under data parallelism (``rank`` / ``world_size``, by default this
+    process's, see ``distributed.world``) ``batch_at`` gives this rank's disjoint share of it:
+    rows ``[rank * b, (rank + 1) * b)`` with ``b = batch_size / world_size``.
+    """
+
+    def __init__(self, cfg: DataConfig, batch_size: int, seed: int, rank: int | None = None, world_size: int | None = None):
         self.cfg = cfg
+        if rank is None or world_size is None:
+            rank, world_size = world()
+        if batch_size % world_size:
+            raise ConfigError(f"batch_size {batch_size} (the global batch) does not split over {world_size} ranks")
         self.corpus = PreparedCorpus(cfg.corpus)
         self.train = SequenceDataset(self.corpus, "train", cfg.seq_len, exclude_sources=cfg.exclude_sources)
-        self.sampler = StepBatchSampler(len(self.train), batch_size, seed, rank, world_size)
+        self.sampler = StepBatchSampler(len(self.train), batch_size // world_size, seed, rank, world_size)
         val_len = cfg.validation_seq_len or cfg.seq_len
         self.validation = SequenceDataset(self.corpus, "validation", val_len, exclude_sources=["synthetic"], allow_empty=True)
         self.recall = None
@@ -59,9 +70,21 @@ class TrainingData:
         """``count`` windows spread evenly over the dataset (deterministic)."""
         return np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int).tolist()
 
+    def validation_windows(self) -> list[int]:
+        return self._spread(self.validation, self.cfg.validation_sequences) if len(self.validation) else []
+
+    def unigram_baseline(self) -> dict[str, float]:
+        """Loss and perplexity on the validation windows of a unigram model of the training split
+        (add-one smoothed): the floor any language model should beat by far."""
+        counts = np.bincount(np.asarray(self.corpus.tokens("train")), minlength=len(self.tokenizer())).astype(np.float64) + 1.0
+        logp = np.log(counts / counts.sum())
+        windows = self.validation.get_batch(self.validation_windows()).numpy()[:, 1:]  # the predicted tokens
+        loss = float(-logp[windows].mean())
+        return {"unigram_loss": loss, "unigram_ppl": float(np.exp(loss))}
+
     def validator(self, batch_size: int = 4) -> Callable[[nn.Module], dict[str, float]]:
         """Held-out NTP loss / perplexity / accuracy (argmax and sampled), and recall-answer accuracy."""
-        chosen = self._spread(self.validation, self.cfg.validation_sequences) if len(self.validation) else []
+        chosen = self.validation_windows()
         recall = self._spread(self.recall, self.cfg.recall_sequences) if self.recall is not None else []
 
         def validate(model: nn.Module) -> dict[str, float]:

@@ -21,6 +21,7 @@ from ..config import ConfigError, to_dict
 from ..models.registry import load_model
 from ..refine.objective import RefineConfig, RefineObjective
 from .data import DataConfig, TrainingData
+from .distributed import is_main
 from .loop import LoopConfig, train
 from .metrics import read_metrics
 from .ntp import NextTokenObjective
@@ -109,7 +110,8 @@ def midtrain(cfg: TrainConfig) -> dict[str, float]:
     cfg.refine = cfg.refine.for_phase("mid")
     if cfg.method == "sft" and cfg.sft.match_compute_of:
         cfg.loop.steps = compute_matched_steps(cfg.sft.match_compute_of, cfg.loop.batch_size, cfg.data.seq_len)
-        print(f"sft: {cfg.loop.steps} steps, compute-matched to {cfg.sft.match_compute_of}")
+        if is_main():
+            print(f"sft: {cfg.loop.steps} steps, compute-matched to {cfg.sft.match_compute_of}")
     torch.manual_seed(cfg.loop.seed)
     model = load_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)

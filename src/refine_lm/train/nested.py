@@ -13,8 +13,8 @@ on a batch of examples makes, as successive optimiser updates:
 Prompts have different lengths. The answer-SFT and NTP updates read right-padded batches (padding
 never enters the memory, and its labels are -100); REFINE reads each prompt on its own (a
 micro-batch per example, losses taken over the whole batch's tokens), so that rollout positions
-are drawn from every prompt's real tokens. All randomness comes from the step's generator: a
-resumed run repeats the same updates.
+are drawn from every prompt's real tokens. All randomness comes from the step's per-example random
+streams (:class:`~refine_lm.train.loop.StepRandom`): a resumed run repeats the same updates.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..ops.lm_head import IGNORE_INDEX
 from ..refine.objective import RefineConfig, RefineMicroBatch, RefineObjective
+from .loop import StepRandom, mini_batch_rows
 
 PostMethod = Literal["refine", "nested-sft", "answer-sft"]
 
@@ -116,21 +117,21 @@ class NestedObjective:
         self._step_metrics: dict[str, float] = {}
 
     # ----- the inner step: prompts only -------------------------------------------------------
-    def inner_updates(self, model: nn.Module, batch: QABatch, generator: torch.Generator) -> Iterator[list[Any]]:
+    def inner_updates(self, model: nn.Module, batch: QABatch, rng: StepRandom) -> Iterator[list[Any]]:
         """The optimiser updates of the inner step; they see ``batch.prompts`` and nothing else."""
         if self.method == "nested-sft":
             predicted = sum(len(p) - 1 for p in batch.prompts)
             chunks = [batch.prompts[i : i + self.micro_batch_size] for i in range(0, len(batch), self.micro_batch_size)]
             yield [_PromptNTP(*pad_right(rows, self.pad_id), predicted) for rows in chunks]
         elif self.method == "refine":
-            yield from self._refine_updates(model, batch.prompts, generator)
+            yield from self._refine_updates(model, batch.prompts, rng)
 
-    def _refine_updates(self, model: nn.Module, prompts: list[Tensor], generator: torch.Generator) -> Iterator[list[Any]]:
+    def _refine_updates(self, model: nn.Module, prompts: list[Tensor], rng: StepRandom) -> Iterator[list[Any]]:
         refine = self.refine
         cfg = refine.cfg
         rollouts, reports = [], []
-        for prompt in prompts:  # each prompt alone: its rollout positions lie inside its own tokens
-            rollouts.append(refine.rollout(model, prompt[None], generator))
+        for i, prompt in enumerate(prompts):  # each prompt alone: its rollout positions lie inside its own tokens
+            rollouts.append(refine.rollout(model, prompt[None], rng.view(i, 1)))
             reports.append(refine.step_metrics())
         weights = [len(p) for p in prompts]
         self._step_metrics = {
@@ -139,21 +140,19 @@ class NestedObjective:
         B = len(prompts)
         if B % cfg.mini_batches:
             raise ValueError(f"batch of {B} examples does not split into {cfg.mini_batches} mini-batches")
-        per_mini = B // cfg.mini_batches
         rollout_tokens_each = cfg.num_chunks * cfg.rollouts_per_position * cfg.rollout_len
+        # each epoch places every example in a mini-batch by a draw of its own stream (as mid-training does)
+        keys = rng.uniform(B, cfg.ppo_epochs) if cfg.mini_batches > 1 else None
         for epoch in range(cfg.ppo_epochs):
-            order = torch.arange(B)
-            if epoch:
-                order = order[torch.randperm(B, generator=generator, device=generator.device).cpu()]
-            for m in range(cfg.mini_batches):
-                mini = order[m * per_mini : (m + 1) * per_mini].tolist()
+            for mini in mini_batch_rows(B, cfg.mini_batches, None if keys is None else keys[:, epoch]):
+                mini = mini.tolist()
                 ntp_tokens = sum(len(prompts[i]) - 1 for i in mini)
                 yield [RefineMicroBatch(rollouts[i], ntp_tokens, len(mini) * rollout_tokens_each) for i in mini]
 
     # ----- the whole step ---------------------------------------------------------------------
-    def updates(self, model: nn.Module, batch: QABatch, generator: torch.Generator) -> Iterator[list[Any]]:
+    def updates(self, model: nn.Module, batch: QABatch, rng: StepRandom) -> Iterator[list[Any]]:
         self._step_metrics = {}
-        yield from self.inner_updates(model, batch, generator)
+        yield from self.inner_updates(model, batch, rng)
         answer_tokens = sum(len(a) for a in batch.answers)
         micros = []
         for i in range(0, len(batch), self.micro_batch_size):

@@ -10,27 +10,29 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.lm_head import token_stats
+from .distributed import mean_over_ranks
+from .loop import StepRandom, mini_batch_rows
 
 
 class NextTokenObjective:
-    """Mean cross-entropy over every predicted token, accumulated over micro-batches.
+    """Mean cross-entropy over every predicted token (of the global batch), accumulated over micro-batches.
 
     ``mini_batches`` > 1 splits each batch into that many optimiser updates (to match the number of
-    updates per batch of a REFINE run, for step-matched comparisons).
+    updates per batch of a REFINE run, for step-matched comparisons): sequence i goes to update
+    ``i % mini_batches``.
     """
 
     def __init__(self, micro_batch_size: int, mini_batches: int = 1):
         self.micro_batch_size = micro_batch_size
         self.updates_per_step = mini_batches
 
-    def updates(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Iterator[list[tuple[Tensor, int]]]:
-        if batch.shape[0] % self.updates_per_step:
-            raise ValueError(f"batch of {batch.shape[0]} sequences does not split into {self.updates_per_step} mini-batches")
-        for mini in batch.split(batch.shape[0] // self.updates_per_step):
-            predicted = mini.shape[0] * (mini.shape[1] - 1)
+    def updates(self, model: nn.Module, batch: Tensor, rng: StepRandom) -> Iterator[list[tuple[Tensor, float]]]:
+        for rows in mini_batch_rows(batch.shape[0], self.updates_per_step):
+            mini = batch[rows.to(batch.device)]
+            predicted = mean_over_ranks(mini.shape[0] * (mini.shape[1] - 1))
             yield [(micro, predicted) for micro in mini.split(self.micro_batch_size)]
 
-    def loss(self, model: nn.Module, micro: tuple[Tensor, int]) -> tuple[Tensor, dict[str, Any]]:
+    def loss(self, model: nn.Module, micro: tuple[Tensor, float]) -> tuple[Tensor, dict[str, Any]]:
         ids, predicted = micro
         out = model(ids, labels=ids, return_logits=False, return_hidden="none")
         return out.loss * (out.num_tokens / predicted), {"ntp_loss": (float(out.loss.detach()), out.num_tokens)}

@@ -162,10 +162,14 @@ def posttrain(cfg) -> dict[str, float]:
     from transformers import AutoTokenizer
 
     from ..models.registry import load_model
+    from .distributed import world
     from .loop import train
 
     if cfg.phase != "post":
         raise ConfigError(f"posttrain() needs phase: post, got {cfg.phase!r}")
+    if world()[1] > 1 or cfg.loop.parallel not in ("auto", "none"):
+        # QA batches are built whole (prompts of every length), not sharded by rank
+        raise ConfigError(f"post-training runs in one process: loop.parallel must be none, got {cfg.loop.parallel!r}")
     cfg.refine = cfg.refine.for_phase("post")
     torch.manual_seed(cfg.loop.seed)
     model = load_model(cfg.model)

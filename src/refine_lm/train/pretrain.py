@@ -15,6 +15,7 @@ from ..config import to_dict
 from ..models.registry import build_model
 from .checkpoint import list_checkpoints
 from .data import DataConfig, TrainingData
+from .distributed import is_main
 from .loop import LoopConfig, train
 from .metrics import read_metrics
 from .ntp import NextTokenObjective
@@ -69,7 +70,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     )
     n_params = sum(p.numel() for p in model.parameters())
     tokens = cfg.loop.steps * cfg.loop.batch_size * cfg.data.seq_len
-    print(f"{cfg.model.arch}: {n_params / 1e6:.2f}M parameters; {tokens:,} training tokens; {data.train.describe(brief=True)}")
+    if is_main():
+        described = data.train.describe(brief=True)
+        print(f"{cfg.model.arch}: {n_params / 1e6:.2f}M parameters; {tokens:,} training tokens; {described}")
     result = train(
         cfg.loop,
         cfg.optim,
@@ -82,13 +85,17 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         run_config=to_dict(cfg),
     )
     if cfg.export_to:
+        result = {**result, **data.unigram_baseline()}
         export(cfg, list_checkpoints(cfg.output_dir)[-1], result, n_params, tokens)
     return result
 
 
 def export(cfg: PretrainConfig, checkpoint: Path, result: dict[str, float], n_params: int, tokens: int) -> Path:
-    """Copy the model and tokenizer files of ``checkpoint`` to ``cfg.export_to`` with the run's settings."""
+    """Copy the model and tokenizer files of ``checkpoint`` to ``cfg.export_to`` with the run's settings
+    (rank 0 does it; the other data-parallel ranks only return the path)."""
     target = Path(cfg.export_to)
+    if not is_main():
+        return target
     target.mkdir(parents=True, exist_ok=True)
     for path in checkpoint.iterdir():
         if path.is_file() and path.name not in ("trainer_state.pt", "checkpoint.json"):
