@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from refine_lm.refine.grpo import clipped_policy_loss, grpo_advantages, k3_kl
-from refine_lm.refine.objective import RefineConfig, RefineObjective, _Micro
+from refine_lm.refine.objective import RefineConfig, RefineMicroBatch, RefineObjective
 from refine_lm.refine.rewards import RewardInputs, cosine_reward, exact_reward, hybrid_reward, resolve_reward
 from refine_lm.refine.selection import select_positions, smooth_entropy, smoothing_window
 from refine_lm.train.loop import StepRandom
@@ -156,7 +156,7 @@ def test_cached_rollouts_equal_reprefill(arch):
     grads = []
     for objective in (cached, oracle):
         model.zero_grad()
-        micro = _Micro(a, ntp_tokens=2 * 47, rollout_tokens=a.tokens.numel())
+        micro = RefineMicroBatch(a, ntp_tokens=2 * 47, rollout_tokens=a.tokens.numel())
         loss, _ = objective.loss(model, micro)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})

@@ -129,6 +129,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
     if out.exists():
         shutil.rmtree(out)  # a demo report is always made from scratch
     out.mkdir(parents=True)
+    cfg.refine = cfg.refine.for_phase("mid")
     data = TrainingData(cfg.data, cfg.loop.batch_size, cfg.loop.seed)
 
     print(f"[1/4] evaluating the base {base}")

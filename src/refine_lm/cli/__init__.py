@@ -25,10 +25,10 @@ from ..train.loop import TrainingError
 COMMANDS: dict[str, str] = {
     "demo": "the main job: evaluate the shipped base, mid-train it with REFINE and SFT, compare (make demo)",
     "generate": "sample continuations of a prompt from a model",
-    "data": "prepare a corpus: sources -> split -> tokenizer -> token files (data prepare)",
+    "data": "prepare a corpus (data prepare); write generated long-context QA from its documents (data qa)",
     "pretrain": "next-token pretraining from scratch on a prepared corpus",
-    "train": "continue training a checkpoint: --phase mid --method refine|sft",
-    "eval": "evaluate a model: NIAH, RULER QA, LongBench, perplexity by position (JSON, markdown, plots)",
+    "train": "continue training a checkpoint: --phase mid (refine|sft) or --phase post (refine|nested-sft|answer-sft)",
+    "eval": "evaluate a model: NIAH, RULER QA, LongBench, perplexity by position; optional test-time training (--ttt)",
     "bench": "run a benchmark suite from benchmarks/ (prints side-by-side ratios)",
 }
 

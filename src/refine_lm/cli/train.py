@@ -1,10 +1,10 @@
-"""``refine-lm train --phase mid --method refine|sft``: continue training a checkpoint."""
+"""``refine-lm train --phase mid --method refine|sft`` / ``--phase post --method refine|nested-sft|answer-sft``."""
 
 from __future__ import annotations
 
 from ..config import load_config
-from ..train.midtrain import TrainConfig, midtrain
+from ..train.midtrain import TrainConfig, run_training
 
 
 def run(args) -> None:
-    midtrain(load_config(TrainConfig, args.config, args.overrides))
+    run_training(load_config(TrainConfig, args.config, args.overrides))

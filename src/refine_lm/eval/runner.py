@@ -180,6 +180,9 @@ class Evaluator:
         self.eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.newline_ids = newline_token_ids(tokenizer)
         self.throughput = Throughput()
+        # per-prompt facts of the last generate() call, merged into the examples' records (a
+        # test-time-training evaluator reports the cost of adapting to each prompt here)
+        self.last_generation_info: list[dict[str, Any]] = []
 
     # ----- the generation seam ----------------------------------------------------------------
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_at_newline: bool) -> list[list[int]]:
@@ -256,9 +259,11 @@ class Evaluator:
             for batch in batches:
                 head = batch[0][1]
                 prompts = [encoded[k][0] for k, _ in batch]
+                self.last_generation_info = []
                 outputs = self.generate(prompts, head.max_new_tokens, head.first_line)
+                info = self.last_generation_info or [{} for _ in batch]
                 records = []
-                for (key, example), output in zip(batch, outputs):
+                for (key, example), output, extra in zip(batch, outputs, info, strict=True):
                     text = self.tokenizer.decode(output, skip_special_tokens=True)
                     answer = first_line(text) if example.first_line else text
                     records.append(
@@ -273,6 +278,7 @@ class Evaluator:
                             "prompt_tokens": len(encoded[key][0]),
                             "truncated": encoded[key][1],
                             "generated_tokens": len(output),
+                            **extra,
                             "meta": example.meta,
                         }
                     )

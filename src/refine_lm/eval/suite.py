@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from ..config import ConfigError
+from ..refine.objective import RefineConfig
 from . import longbench, niah, plots, qa
 from .niah import NIAHConfig
 from .perplexity import PerplexityConfig, bucket_edges, evaluate_perplexity, summarise_perplexity
@@ -46,7 +47,7 @@ def expand_tasks(names: Sequence[str]) -> list[str]:
 
 @dataclass
 class EvalConfig:
-    """Settings of ``refine-lm eval``.
+    r"""Settings of ``refine-lm eval``.
 
     model: a checkpoint directory (ours, or a flash-linear-attention one) with its tokenizer, or
         ``random:<arch>[:<preset>]`` (then ``tokenizer`` is required).
@@ -76,6 +77,20 @@ class EvalConfig:
     resume: reuse finished examples from the cache in ``output_dir`` (a changed model, setting or
         prompt never reuses a stale answer).
     progress: show progress bars.
+    ttt: test-time training before answering each prompt: ``none`` (default), ``refine`` (REFINE +
+        NTP steps on the prompt's own text) or ``ntp`` (NTP steps); see ``eval/ttt.py``. Applies to
+        the generation tasks, not to perplexity.
+    ttt_steps / ttt_lr: adaptation steps per prompt and the AdamW learning rate (constant; betas,
+        weight decay 0.01 and gradient clip 1.0 as in training).
+    ttt_mode: ``episodic`` (weights and optimiser restored after every example: answers do not depend
+        on test order) or ``accumulating`` (carried across the test set, in evaluation order).
+    ttt_params: which parameters adapt: ``[all]``, or regular expressions searched in parameter names
+        (e.g. ``attn\.(q|k|v|b)_proj``; on the command line write alternatives with ``|``, not commas).
+    ttt_refine: REFINE's settings at test time (unset reward / lambda_rl take the paper's test-time
+        defaults: exact, 0.4; lambda_ntp 1).
+    ttt_memory_every: on CPU, measure the adaptation's peak memory on every n-th example (0: never): the
+        tensor tracker slows a small model's adaptation several-fold, and the seconds per example are
+        averaged over the other examples. On CUDA every example is measured, at no cost.
     """
 
     model: str = ""
@@ -102,8 +117,17 @@ class EvalConfig:
     backend: Literal["chunk", "naive", "fla", "auto"] = "chunk"
     resume: bool = True
     progress: bool = True
+    ttt: Literal["none", "refine", "ntp"] = "none"
+    ttt_steps: int = 1
+    ttt_lr: float = 1e-5
+    ttt_mode: Literal["episodic", "accumulating"] = "episodic"
+    ttt_params: list[str] = field(default_factory=lambda: ["all"])
+    ttt_refine: RefineConfig = field(default_factory=RefineConfig)
+    ttt_memory_every: int = 10
 
     def __post_init__(self) -> None:
+        if self.ttt_steps < 1 or self.ttt_lr <= 0:
+            raise ValueError(f"ttt_steps must be >= 1 and ttt_lr > 0, got {self.ttt_steps} and {self.ttt_lr}")
         if not self.model:
             raise ValueError("model is required: a checkpoint directory or random:<arch>[:<preset>]")
         if self.model.startswith("random:") and not self.tokenizer:
@@ -129,6 +153,9 @@ def fingerprint(cfg: EvalConfig) -> str:
     rewritten in place is not mistaken for the old one), tokenizer and generation settings."""
     keys = ("model", "tokenizer", "max_length", "do_sample", "temperature", "top_p", "seed", "precision", "backend")
     identity = {k: getattr(cfg, k) for k in keys}
+    if cfg.ttt != "none":  # adapted answers are other answers
+        ttt_keys = ("ttt", "ttt_steps", "ttt_lr", "ttt_mode", "ttt_params", "ttt_refine")
+        identity.update({k: asdict(v) if k == "ttt_refine" else v for k in ttt_keys for v in [getattr(cfg, k)]})
     model_dir = Path(cfg.model)
     if model_dir.is_dir():
         weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
@@ -136,10 +163,10 @@ def fingerprint(cfg: EvalConfig) -> str:
     return json.dumps(identity, sort_keys=True)
 
 
-def make_evaluator(cfg: EvalConfig, model, tokenizer) -> Evaluator:
-    return Evaluator(
-        model,
-        tokenizer,
+def make_evaluator(cfg: EvalConfig, model, tokenizer, ttt_class: type | None = None) -> Evaluator:
+    """The evaluator of ``cfg``: plain, or a :class:`~refine_lm.eval.ttt.TestTimeTrainer` (or ``ttt_class``, a
+    subclass of it) when ``ttt`` is set."""
+    settings = dict(
         batch_size=cfg.batch_size,
         max_length=cfg.max_length,
         do_sample=cfg.do_sample,
@@ -150,6 +177,14 @@ def make_evaluator(cfg: EvalConfig, model, tokenizer) -> Evaluator:
         progress=cfg.progress,
         fingerprint=fingerprint(cfg),
     )
+    if cfg.ttt == "none":
+        return Evaluator(model, tokenizer, **settings)
+    from .ttt import TestTimeTrainer
+
+    return (ttt_class or TestTimeTrainer)(
+        model, tokenizer, method=cfg.ttt, steps=cfg.ttt_steps, lr=cfg.ttt_lr, mode=cfg.ttt_mode, params=cfg.ttt_params,
+        refine=cfg.ttt_refine, memory_every=cfg.ttt_memory_every, **settings,
+    )  # fmt: skip
 
 
 def _summary(records: Sequence[dict[str, Any]], by: str | None = "length") -> dict[str, Any]:
@@ -159,6 +194,18 @@ def _summary(records: Sequence[dict[str, Any]], by: str | None = "length") -> di
         "examples": len(records),
         "truncated": sum(bool(r["truncated"]) for r in records),
     }
+    adapted = [r for r in records if "ttt_seconds" in r]
+    if adapted:  # what test-time training added per example (timed without the CPU memory tracker where possible)
+        timed = [r for r in adapted if not r.get("ttt_tracked")] or adapted
+        peaks = [r["ttt_peak_bytes"] for r in adapted if r.get("ttt_peak_bytes") is not None]
+        out["ttt"] = {
+            "examples": len(adapted),
+            "seconds_per_example": mean([r["ttt_seconds"] for r in timed]),
+            "timed_examples": len(timed),
+            "peak_bytes_mean": mean(peaks) if peaks else None,
+            "peak_bytes_max": max(peaks) if peaks else None,
+            "memory_examples": len(peaks),
+        }
     if by:
         groups: dict[Any, list[float]] = defaultdict(list)
         for r in records:
@@ -234,6 +281,7 @@ def run_suite(cfg: EvalConfig, model, tokenizer, evaluator: Evaluator | None = N
         "model": cfg.model,
         "config": asdict(cfg),
         "results": results,
+        "ttt": evaluator.describe() if hasattr(evaluator, "describe") else None,
         "throughput": evaluator.throughput.as_dict(),
         "environment": {"torch": torch.__version__, "device": cfg.device, "machine": platform.machine()},
         "figures": figures,
@@ -284,6 +332,23 @@ def markdown_table(report: dict[str, Any]) -> str:
                     f"| {span} | {b['tokens']:,} | {b['perplexity']:.2f} | {b['argmax_accuracy']:.1f} | "
                     f"{b['sampled_accuracy']:.1f} | {b['entropy']:.2f} |"
                 )
+        lines.append("")
+    ttt = report.get("ttt")
+    if ttt:
+        lines.append(
+            f"Test-time training: {ttt['method']}, {ttt['steps']} step(s) at lr {ttt['lr']:g}, {ttt['mode']}, "
+            f"{ttt['adapted_parameters']:,} of {ttt['total_parameters']:,} parameters adapted."
+        )
+        for task, r in results.items():
+            if isinstance(r, dict) and "ttt" in r:
+                c = r["ttt"]
+                memory = (
+                    f" and +{c['peak_bytes_mean'] / 2**20:,.1f} MiB peak (max {c['peak_bytes_max'] / 2**20:,.1f} MiB, "
+                    f"{c['memory_examples']} measured)"
+                    if c["memory_examples"]
+                    else ""
+                )
+                lines.append(f"- {task}: +{c['seconds_per_example']:.2f} s{memory} per example, {c['examples']} examples")
         lines.append("")
     t = report["throughput"]
     if t["prompt_tokens"]:

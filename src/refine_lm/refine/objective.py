@@ -18,6 +18,7 @@ its own sequences exactly as one process would.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,10 @@ from .rollouts import (
 )
 from .selection import SelectionMode, select_positions, smooth_entropy
 
+Phase = Literal["mid", "post", "test"]
+# (reward, lambda_rl) of each phase when the config leaves them unset (SPEC 2.6 / 2.8)
+PHASE_DEFAULTS: dict[str, tuple[str, float]] = {"mid": ("cosine", 0.2), "post": ("hybrid", 0.2), "test": ("exact", 0.4)}
+
 
 @dataclass
 class RefineConfig:
@@ -54,7 +59,9 @@ class RefineConfig:
     tau: temperature of the entropy softmax.
     margin: rollout starts are clamped to [margin, L - margin].
     temperature / top_p / top_k: rollout sampling (log-probs are always the policy's, at temperature 1).
-    reward: ``cosine``, ``exact``, ``hybrid``, or ``"module:callable"`` for your own.
+    reward: ``cosine``, ``exact``, ``hybrid``, or ``"module:callable"`` for your own; ``null`` (default): the
+        phase's (SPEC 2.8): cosine at mid-training (and for the objective used on its own), hybrid at
+        post-training, exact at test time.
     reward_kwargs: arguments to build a custom reward (a class or factory) once.
     group_by: GRPO groups: ``sequence`` (all c*n rollouts of a sequence), ``position`` (the n rollouts
         of one position), ``auto`` (sequence when n = 1, else position).
@@ -62,7 +69,8 @@ class RefineConfig:
     clip_eps: PPO clip range.
     dual_clip: bound on the loss of negative-advantage tokens (``null`` = off).
     kl_beta: weight of a k3 KL penalty to a frozen copy of the starting model (0 = none, no copy kept).
-    lambda_ntp / lambda_rl: weights of the NTP loss on the full sequences and of the RL loss.
+    lambda_ntp / lambda_rl: weights of the NTP loss on the full sequences and of the RL loss; ``lambda_rl``
+        ``null`` (default): the phase's (0.2 at mid- and post-training, 0.4 at test time).
     ppo_epochs / mini_batches: passes over the batch's rollouts and updates per pass
         (optimiser steps per batch = ppo_epochs * mini_batches).
     rollout_mode: ``cached`` (states re-used) or ``reprefill`` (every rollout re-reads its prefix).
@@ -79,7 +87,7 @@ class RefineConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    reward: str = "cosine"
+    reward: str | None = None
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     group_by: GroupBy = "auto"
     scale_std: bool = True
@@ -87,7 +95,7 @@ class RefineConfig:
     dual_clip: float | None = 3.0
     kl_beta: float = 0.0
     lambda_ntp: float = 1.0
-    lambda_rl: float = 0.2
+    lambda_rl: float | None = None
     ppo_epochs: int = 1
     mini_batches: int = 1
     rollout_mode: Literal["cached", "reprefill"] = "cached"
@@ -97,6 +105,13 @@ class RefineConfig:
         for name in ("num_chunks", "rollout_len", "rollouts_per_position", "ppo_epochs", "mini_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def for_phase(self, phase: Phase) -> RefineConfig:
+        """A copy with the phase's defaults for the settings left unset (reward, lambda_rl)."""
+        reward, lambda_rl = PHASE_DEFAULTS[phase]
+        return dataclasses.replace(
+            self, reward=self.reward or reward, lambda_rl=lambda_rl if self.lambda_rl is None else self.lambda_rl
+        )
 
 
 @dataclass
@@ -124,7 +139,9 @@ class RolloutBatch:
 
 
 @dataclass
-class _Micro:
+class RefineMicroBatch:
+    """Sequences of one micro-batch with their rollouts, and the token counts its loss shares are taken over."""
+
     rollouts: RolloutBatch
     ntp_tokens: float  # predicted tokens in the whole mini-batch, mean over ranks (NTP is a mean over them)
     rollout_tokens: float  # rollout tokens in the whole mini-batch, mean over ranks (PG is a token-mean over them)
@@ -134,10 +151,10 @@ class RefineObjective:
     """The :class:`~refine_lm.train.loop.Objective` of REFINE."""
 
     def __init__(self, cfg: RefineConfig, micro_batch_size: int, reference: nn.Module | None = None):
-        self.cfg = cfg
+        self.cfg = cfg.for_phase("mid")  # settings left unset take the mid-training defaults
         self.micro_batch_size = micro_batch_size
         self.updates_per_step = cfg.ppo_epochs * cfg.mini_batches
-        self.reward_fn = resolve_reward(cfg.reward, cfg.reward_kwargs or None)
+        self.reward_fn = resolve_reward(self.cfg.reward, self.cfg.reward_kwargs or None)
         self.reference = reference
         self._step_metrics: dict[str, float] = {}
 
@@ -198,7 +215,7 @@ class RefineObjective:
         return self._step_metrics
 
     # ----- update phase -----------------------------------------------------------------------
-    def updates(self, model, batch: Tensor, rng: StepRandom) -> Iterator[list[_Micro]]:
+    def updates(self, model, batch: Tensor, rng: StepRandom) -> Iterator[list[RefineMicroBatch]]:
         rollouts = self.rollout(model, batch, rng)
         cfg, n, k = self.cfg, self.cfg.rollouts_per_position, self.cfg.rollout_len
         B, L = batch.shape
@@ -212,11 +229,11 @@ class RefineObjective:
                 ntp_tokens = mean_over_ranks(len(mini) * (L - 1))
                 rollout_tokens = mean_over_ranks(len(mini) * cfg.num_chunks * n * k)
                 yield [
-                    _Micro(rollouts.select(mini[i : i + micro], n), ntp_tokens, rollout_tokens)
+                    RefineMicroBatch(rollouts.select(mini[i : i + micro], n), ntp_tokens, rollout_tokens)
                     for i in range(0, len(mini), micro)
                 ]
 
-    def loss(self, model, micro: _Micro) -> tuple[Tensor, dict[str, Any]]:
+    def loss(self, model, micro: RefineMicroBatch) -> tuple[Tensor, dict[str, Any]]:
         cfg, n = self.cfg, self.cfg.rollouts_per_position
         r = micro.rollouts
         score = score_rollouts if cfg.rollout_mode == "cached" else score_rollouts_reprefill

@@ -1,4 +1,5 @@
-"""``refine-lm train --phase mid --method refine|sft``: continue training a checkpoint on long raw documents.
+"""``refine-lm train``: continue training a checkpoint — ``--phase mid --method refine|sft`` on long raw
+documents (here), ``--phase post --method refine|nested-sft|answer-sft`` on long-context QA (``posttrain.py``).
 
 ``refine`` optimises REFINE's objective (NTP + clipped policy gradient on rollouts); ``sft`` is the
 NTP-only baseline in the same loop. Budgets are explicit: the same ``loop.steps`` gives a
@@ -25,6 +26,7 @@ from .loop import LoopConfig, train
 from .metrics import read_metrics
 from .ntp import NextTokenObjective
 from .optim import OptimConfig
+from .posttrain import QADataConfig, posttrain
 
 
 @dataclass
@@ -43,25 +45,39 @@ class SFTConfig:
 
 @dataclass
 class TrainConfig:
-    """Settings of ``refine-lm train``. Defaults are the paper's mid-training recipe (SPEC 2.8) except
-    the sequence length and the learning rate, which small CPU models need smaller / larger.
+    """Settings of ``refine-lm train``. Defaults are the paper's recipes (SPEC 2.8) except the sequence
+    length and the learning rate, which small CPU models need smaller / larger.
 
-    phase: ``mid`` (raw long documents).
-    method: ``refine`` or ``sft``.
+    phase: ``mid`` (raw long documents) or ``post`` (long-context QA examples, nested updates).
+    method: mid-training: ``refine`` or ``sft`` (NTP only); post-training: ``refine`` (inner REFINE
+        step on the prompt, then answer-SFT), ``nested-sft`` (inner NTP step, then answer-SFT) or
+        ``answer-sft`` (answer-SFT only).
     model: the checkpoint directory to start from (with its tokenizer).
-    data / optim / loop / refine / sft: see their classes.
+    data: the corpus and, for mid-training, its sequences (post-training generates QA from its documents).
+    qa: post-training examples (files or generated) and their validation.
+    optim / loop / refine / sft: see their classes (``refine.reward`` defaults to the phase's: cosine
+        for mid, hybrid for post).
     output_dir: checkpoints and metrics.jsonl.
     """
 
-    phase: Literal["mid"] = "mid"
-    method: Literal["refine", "sft"] = "refine"
+    phase: Literal["mid", "post"] = "mid"
+    method: Literal["refine", "sft", "nested-sft", "answer-sft"] = "refine"
     model: str = "bases/delta_net"
     data: DataConfig = field(default_factory=DataConfig)
+    qa: QADataConfig = field(default_factory=QADataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     output_dir: str = "runs/train"
+
+    def __post_init__(self) -> None:
+        methods = PHASE_METHODS[self.phase]
+        if self.method not in methods:
+            raise ValueError(f"method {self.method!r} is not a {self.phase}-training method (use one of: {', '.join(methods)})")
+
+
+PHASE_METHODS = {"mid": ("refine", "sft"), "post": ("refine", "nested-sft", "answer-sft")}
 
 
 def compute_matched_steps(refine_run: str | Path, batch_size: int, seq_len: int) -> int:
@@ -78,12 +94,20 @@ def compute_matched_steps(refine_run: str | Path, batch_size: int, seq_len: int)
 def build_objective(cfg: TrainConfig, model) -> RefineObjective | NextTokenObjective:
     if cfg.method == "sft":
         return NextTokenObjective(cfg.loop.micro, mini_batches=cfg.sft.mini_batches)
-    objective = RefineObjective(cfg.refine, cfg.loop.micro)
+    objective = RefineObjective(cfg.refine.for_phase("mid"), cfg.loop.micro)
     objective.attach_reference(model)
     return objective
 
 
+def run_training(cfg: TrainConfig) -> dict[str, float]:
+    """``refine-lm train``: mid- or post-training, by ``cfg.phase``."""
+    return posttrain(cfg) if cfg.phase == "post" else midtrain(cfg)
+
+
 def midtrain(cfg: TrainConfig) -> dict[str, float]:
+    if cfg.phase != "mid":
+        raise ConfigError(f"midtrain() needs phase: mid, got {cfg.phase!r}")
+    cfg.refine = cfg.refine.for_phase("mid")
     if cfg.method == "sft" and cfg.sft.match_compute_of:
         cfg.loop.steps = compute_matched_steps(cfg.sft.match_compute_of, cfg.loop.batch_size, cfg.data.seq_len)
         if is_main():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,10 +40,11 @@ class OptimConfig:
             raise ValueError(f"betas must be two numbers, got {self.betas}")
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, names: Collection[str] | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (or only those named in ``names``), matrices with weight decay."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad or (names is not None and name not in names):
             continue
         if param.dim() < 2 or getattr(param, "_no_weight_decay", False) or name.endswith(".bias"):
             no_decay.append(param)
