@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	# the default corpus (reused when already built with the same settings), then the main job
-	$(BIN)/refine-lm data prepare --config configs/data/default.yaml
+	# the default corpus, tokenised with the shipped base's tokenizer (reused when already built so), then the main job
+	$(BIN)/refine-lm data prepare --config configs/data/default.yaml tokenizer.path=bases/delta_net
 	$(BIN)/refine-lm demo --config configs/demo.yaml
 
 test: $(STAMP)
