@@ -70,6 +70,24 @@ def test_chunk_gradients_equal_naive(gated):
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_strong_decay_keeps_gradients_finite(dtype):
+    # a gate that forgets fast: the within-chunk cumulative decay exp(sum g) underflows to 0, so the
+    # chunk form must never divide by it (the regression: NaN gradients with a finite loss)
+    q, k, v, beta, _, s0 = (t.to(dtype) if t is not None else None for t in delta_inputs(T=64, gated=True))
+    g = torch.full(q.shape[:3], -30.0, dtype=dtype)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, beta, g, s0)]
+    w = torch.randn(*v.shape, dtype=dtype)
+    grads = []
+    for fn in (naive_delta_rule, chunk_delta_rule):
+        kwargs = {"chunk_size": 32} if fn is chunk_delta_rule else {}
+        o, s, _ = fn(q, k, v, beta, g, initial_state=s0, **kwargs)
+        grads.append(torch.autograd.grad((o * w).sum() + s.pow(2).sum(), leaves))
+    for a, b in zip(*grads):
+        assert torch.isfinite(b).all()
+        assert torch.allclose(a, b, atol=1e-4 if dtype == torch.float32 else 1e-10, rtol=1e-4)
+
+
 @pytest.mark.parametrize("gated", [False, True])
 def test_query_states_equal_prefix_final_states(gated):
     q, k, v, beta, g, s0 = delta_inputs(T=50, gated=gated)

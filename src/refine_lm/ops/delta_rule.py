@@ -175,7 +175,8 @@ def chunk_delta_rule(
             q_read, k_write = qc, kc
         else:
             q_read = qc * gamma[..., None]
-            k_write = kc * (gamma[..., -1:] / gamma)[..., None]
+            # gamma_C / gamma_i as exp(G_C - G_i) <= 1: gamma itself underflows to 0 under a fast-forgetting gate
+            k_write = kc * (G[..., -1:] - G).exp()[..., None]
 
         plan = _plan_queries(query, B, T, C)
         found: list[tuple[Tensor, Tensor]] = []
