@@ -4,7 +4,7 @@ Run alone or under torchrun (``python -m torch.distributed.run --standalone --np
 
     distributed_run.py OUT [--parallel P] [--methods refine,ntp] [--kill-at S] [--device D] [--dtype T] ...
 
-writes OUT/<method> for each method in turn; with ``--kill-at S`` the last rank kills itself (SIGKILL, no
+writes OUT/<method> for each method (refine, ntp, post = nested REFINE + answer-SFT) in turn; with ``--kill-at S`` the last rank kills itself (SIGKILL, no
 clean-up) when it asks for the batch of step S of the last method.
 """
 
@@ -21,6 +21,7 @@ from refine_lm.models.registry import build_model
 from refine_lm.refine.objective import RefineConfig, RefineObjective
 from refine_lm.train.distributed import world
 from refine_lm.train.loop import LoopConfig, train
+from refine_lm.train.nested import NestedObjective, QABatch
 from refine_lm.train.ntp import NextTokenObjective
 from refine_lm.train.optim import OptimConfig
 
@@ -36,7 +37,7 @@ def sequences(count: int = 40, period: int = 3, vocab: int = 16) -> torch.Tensor
 def main(
     out: str,
     parallel: str = "auto",
-    methods: str = "refine,ntp",
+    methods: str = "refine,ntp,post",
     kill_at: int = -1,
     device: str = "cpu",
     dtype: str = "float64",
@@ -48,10 +49,14 @@ def main(
     pool = sequences()
     sampler = StepBatchSampler(len(pool), GLOBAL_BATCH // size, seed=5, rank=rank, world_size=size)
 
-    def batch_at(step: int) -> torch.Tensor:
+    def batch_at(step: int) -> torch.Tensor | QABatch:
         if step == kill_at and rank == size - 1 and method == methods.split(",")[-1]:
             os.kill(os.getpid(), signal.SIGKILL)
-        return pool[torch.as_tensor(sampler.indices(step))]
+        rows = torch.as_tensor(sampler.indices(step))
+        if method == "post":  # prompts of different lengths, each answered by the 3 tokens that follow it
+            cut = [20 + int(i) % 7 for i in rows]
+            return QABatch([pool[i, :c] for i, c in zip(rows, cut)], [pool[i, c : c + 3] for i, c in zip(rows, cut)])
+        return pool[rows]
 
     for method in methods.split(","):
         model = build_model("delta_net", "tiny", seed=0).to(getattr(torch, dtype))
@@ -59,6 +64,9 @@ def main(
         if method == "refine":
             cfg = RefineConfig(num_chunks=2, rollout_len=3, margin=2, mini_batches=2, ppo_epochs=2, reward="hybrid")
             objective = RefineObjective(cfg, micro_batch_size=1)
+        elif method == "post":  # nested REFINE, then answer-SFT
+            cfg = RefineConfig(num_chunks=2, rollout_len=3, margin=2, mini_batches=2, reward="hybrid")
+            objective = NestedObjective("refine", cfg, micro_batch_size=2)
         else:
             objective = NextTokenObjective(micro_batch_size=1, mini_batches=2)
         loop = LoopConfig(
@@ -77,7 +85,7 @@ def main(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    for name, default in [("parallel", "auto"), ("methods", "refine,ntp"), ("device", "cpu"), ("dtype", "float64"),
+    for name, default in [("parallel", "auto"), ("methods", "refine,ntp,post"), ("device", "cpu"), ("dtype", "float64"),
                           ("precision", "fp32"), ("backend", "chunk")]:  # fmt: skip
         parser.add_argument(f"--{name}", default=default)
     parser.add_argument("--kill-at", type=int, default=-1)

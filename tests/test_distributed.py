@@ -61,7 +61,7 @@ def two_ranks_ddp(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["refine", "ntp"])
+@pytest.mark.parametrize("method", ["refine", "ntp", "post"])
 def test_two_ddp_ranks_end_with_the_weights_of_one_process(one_process, two_ranks_ddp, method):
     assert_same_weights(final_weights(one_process / method), final_weights(two_ranks_ddp / method), atol=1e-10)
     one = read_metrics(one_process / method / "metrics.jsonl")

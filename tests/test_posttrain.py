@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from refine_lm.cli import main
-from refine_lm.config import load_config
+from refine_lm.config import ConfigError, load_config
 from refine_lm.data import PreparedCorpus
 from refine_lm.models.registry import build_model, load_model
 from refine_lm.ops.lm_head import IGNORE_INDEX
@@ -175,6 +175,17 @@ def test_post_training_resumes_to_identical_weights(qa_base, tiny_corpus, tmp_pa
     b = load_file(list_checkpoints(tmp_path / "stopped")[-1] / "model.safetensors")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_data_parallel_ranks_share_each_step_of_qa_examples(qa_base, tiny_corpus):
+    cfg = load_config(TrainConfig, None, post_args(qa_base, tiny_corpus, "unused", "refine"))
+    tokenizer = PreparedCorpus(tiny_corpus).tokenizer()
+    whole = QATrainingData(cfg.qa, cfg.data.corpus, tokenizer, 4, 0, rank=0, world_size=1)
+    shares = [QATrainingData(cfg.qa, cfg.data.corpus, tokenizer, 4, 0, rank=r, world_size=2) for r in (0, 1)]
+    for step in (0, 5):
+        assert shares[0].examples_at(step) + shares[1].examples_at(step) == whole.examples_at(step)
+    with pytest.raises(ConfigError, match="does not split over 3 ranks"):
+        QATrainingData(cfg.qa, cfg.data.corpus, tokenizer, 4, 0, rank=0, world_size=3)
 
 
 def test_phase_and_method_must_match(qa_base, tiny_corpus, capsys):

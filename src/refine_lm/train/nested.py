@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..ops.lm_head import IGNORE_INDEX
 from ..refine.objective import RefineConfig, RefineMicroBatch, RefineObjective
+from .distributed import mean_over_ranks
 from .loop import StepRandom, mini_batch_rows
 
 PostMethod = Literal["refine", "nested-sft", "answer-sft"]
@@ -86,7 +87,7 @@ def answer_sft_inputs(batch: QABatch, pad_id: int = 0) -> tuple[Tensor, Tensor, 
 class _PromptNTP:
     ids: Tensor
     mask: Tensor
-    predicted: int  # predicted prompt tokens in the whole update (the loss is their mean)
+    predicted: float  # predicted prompt tokens in the whole update, mean over ranks (the loss is their mean)
 
 
 @dataclass
@@ -120,7 +121,7 @@ class NestedObjective:
     def inner_updates(self, model: nn.Module, batch: QABatch, rng: StepRandom) -> Iterator[list[Any]]:
         """The optimiser updates of the inner step; they see ``batch.prompts`` and nothing else."""
         if self.method == "nested-sft":
-            predicted = sum(len(p) - 1 for p in batch.prompts)
+            predicted = mean_over_ranks(sum(len(p) - 1 for p in batch.prompts))
             chunks = [batch.prompts[i : i + self.micro_batch_size] for i in range(0, len(batch), self.micro_batch_size)]
             yield [_PromptNTP(*pad_right(rows, self.pad_id), predicted) for rows in chunks]
         elif self.method == "refine":
@@ -146,14 +147,15 @@ class NestedObjective:
         for epoch in range(cfg.ppo_epochs):
             for mini in mini_batch_rows(B, cfg.mini_batches, None if keys is None else keys[:, epoch]):
                 mini = mini.tolist()
-                ntp_tokens = sum(len(prompts[i]) - 1 for i in mini)
-                yield [RefineMicroBatch(rollouts[i], ntp_tokens, len(mini) * rollout_tokens_each) for i in mini]
+                ntp_tokens = mean_over_ranks(sum(len(prompts[i]) - 1 for i in mini))
+                rollout_tokens = mean_over_ranks(len(mini) * rollout_tokens_each)
+                yield [RefineMicroBatch(rollouts[i], ntp_tokens, rollout_tokens) for i in mini]
 
     # ----- the whole step ---------------------------------------------------------------------
     def updates(self, model: nn.Module, batch: QABatch, rng: StepRandom) -> Iterator[list[Any]]:
         self._step_metrics = {}
         yield from self.inner_updates(model, batch, rng)
-        answer_tokens = sum(len(a) for a in batch.answers)
+        answer_tokens = mean_over_ranks(sum(len(a) for a in batch.answers))
         micros = []
         for i in range(0, len(batch), self.micro_batch_size):
             part = batch.select(list(range(i, min(len(batch), i + self.micro_batch_size))))

@@ -25,6 +25,7 @@ from ..data import PreparedCorpus, StepBatchSampler
 from ..data.qa import FactQAConfig, FactQAGenerator
 from ..eval.qa import load_qa_examples, score_qa
 from ..eval.runner import Evaluator, Example, truncate_middle
+from .distributed import world
 from .nested import NestedObjective, QABatch, answer_sft_inputs
 
 
@@ -79,17 +80,31 @@ def _examples_from_rows(rows: list[dict[str, Any]], task: str, max_new_tokens: i
 
 
 class QATrainingData:
-    """The example batch of every step (a function of the step: exact resume) and the held-out validation."""
+    """The example batch of every step (a function of the step: exact resume) and the held-out validation.
 
-    def __init__(self, cfg: QADataConfig, corpus: str, tokenizer, batch_size: int, seed: int):
-        self.cfg, self.tokenizer, self.batch_size, self.seed = cfg, tokenizer, batch_size, seed
+    batch_size: the global batch. Under data parallelism (``rank`` / ``world_size``, by default this
+    process's) ``batch_at`` gives this rank's disjoint share of it: examples ``[rank * b, (rank + 1) * b)``
+    of the step, ``b = batch_size / world_size``.
+    """
+
+    def __init__(
+        self, cfg: QADataConfig, corpus: str, tokenizer, batch_size: int, seed: int,
+        rank: int | None = None, world_size: int | None = None,
+    ):  # fmt: skip
+        if rank is None or world_size is None:
+            rank, world_size = world()
+        if batch_size % world_size:
+            raise ConfigError(f"batch_size {batch_size} (the global batch) does not split over {world_size} ranks")
+        self.cfg, self.tokenizer, self.seed = cfg, tokenizer, seed
+        self.batch_size = batch_size // world_size  # this rank's share
+        self.first = rank * self.batch_size  # global index of this rank's first example
         self._corpus: PreparedCorpus | None = None
         self.corpus_path = corpus
         self.file_examples: list[Example] = []
         self.generator: FactQAGenerator | None = None
         if cfg.files:
             self.file_examples = [e for path in cfg.files for e in load_qa_examples(path, cfg.max_new_tokens, task="train_qa")]
-            self.sampler = StepBatchSampler(len(self.file_examples), batch_size, seed)
+            self.sampler = StepBatchSampler(len(self.file_examples), self.batch_size, seed, rank, world_size)
         else:
             self.generator = FactQAGenerator(self.corpus(), "train", cfg.generate, tokenizer)
 
@@ -104,7 +119,7 @@ class QATrainingData:
     def examples_at(self, step: int) -> list[tuple[str, str]]:
         """(prompt, answer) of the examples of step ``step``."""
         if self.generator is not None:
-            rows = [self.generator.row((self.seed, step, i)) for i in range(self.batch_size)]
+            rows = [self.generator.row((self.seed, step, i)) for i in range(self.first, self.first + self.batch_size)]
             return [(r["prompt"], r["answer"][0]) for r in rows]
         return [(self.file_examples[i].prompt, self.file_examples[i].references[0]) for i in self.sampler.indices(step)]
 
@@ -162,14 +177,10 @@ def posttrain(cfg) -> dict[str, float]:
     from transformers import AutoTokenizer
 
     from ..models.registry import load_model
-    from .distributed import world
     from .loop import train
 
     if cfg.phase != "post":
         raise ConfigError(f"posttrain() needs phase: post, got {cfg.phase!r}")
-    if world()[1] > 1 or cfg.loop.parallel not in ("auto", "none"):
-        # QA batches are built whole (prompts of every length), not sharded by rank
-        raise ConfigError(f"post-training runs in one process: loop.parallel must be none, got {cfg.loop.parallel!r}")
     cfg.refine = cfg.refine.for_phase("post")
     torch.manual_seed(cfg.loop.seed)
     model = load_model(cfg.model)
