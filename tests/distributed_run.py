@@ -2,10 +2,11 @@
 
 Run alone or under torchrun (``python -m torch.distributed.run --standalone --nproc_per_node 2 ...``):
 
-    distributed_run.py OUT [--parallel P] [--methods refine,ntp] [--kill-at S] [--device D] [--dtype T] ...
+    distributed_run.py OUT [--parallel P] [--methods refine,ntp,post] [--kill-at S] [--device D] [--dtype T] ...
 
-writes OUT/<method> for each method (refine, ntp, post = nested REFINE + answer-SFT) in turn; with ``--kill-at S`` the last rank kills itself (SIGKILL, no
-clean-up) when it asks for the batch of step S of the last method.
+writes OUT/<method> for each method (refine, ntp, post = nested REFINE + answer-SFT) in turn; with
+``--kill-at S`` the last rank kills itself (SIGKILL, no clean-up) when it asks for the batch of step S
+of the last method.
 """
 
 from __future__ import annotations
