@@ -4,11 +4,15 @@ Measured side by side in one run, per sequence length: one optimiser step of
 - SFT (next-token prediction only: forward + backward over the batch),
 - REFINE with cached states (ours: no-grad read with snapshots, batched rollouts, one grad pass),
 - REFINE with ``rollout_mode: reprefill`` (every rollout re-reads its prefix: to sample, to score
-  the old policy and for the gradient — the public implementation's cost model),
-and the peak tensor memory of a REFINE step vs an SFT step (``refine_lm.memory``).
+  the old policy and for the gradient — the public implementation's cost model), two ways:
+  *one pass* reads all c * n rollouts in one batch padded to the longest prefix (the reference's
+  "full-length forwards"; its activations outgrow 24 GiB at 16K, so it stops at
+  ``reprefill_one_pass_max_len``), *grouped* reads ``reprefill_rows_per_pass`` rollouts at a time,
+  each group trimmed to its own longest prefix, with activations recomputed in the backward pass,
+and the peak tensor memory of each step (``refine_lm.memory``).
 
 Targets (issue #5, L = 4096, c = 8, k = 5, n = 1): REFINE <= 2.0x SFT; reprefill / REFINE >= 5x.
-Writes ``runs/bench/refine.json`` and prints a markdown table.
+Writes ``runs/bench/refine.json`` and prints two markdown tables (step time, peak memory).
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ class BenchRefineConfig:
     num_chunks: int = 8
     rollout_len: int = 5
     rollouts_per_position: int = 1
-    repeats: int = 2  # timed steps per method and length (median), after one warm-up step
-    reprefill_max_len: int = 16384  # skip the (slow) re-prefill baseline above this length
+    repeats: int = 3  # timed steps per method and length (median), after one warm-up step
+    reprefill_max_len: int = 16384  # skip the (slow) re-prefill baselines above this length
+    reprefill_one_pass_max_len: int = 4096  # the one-pass baseline up to this length (16K x 8 rollouts > 24 GiB)
+    reprefill_rows_per_pass: int = 4  # rollouts per forward of the grouped baseline
     memory: bool = True
     seed: int = 0
     output: str = "runs/bench/refine.json"
@@ -56,16 +62,16 @@ def one_step(model, objective, optimizer, batch: torch.Tensor, rng: StepRandom) 
         optimizer.step()
 
 
-def measure(cfg: BenchRefineConfig, model, objective, batch: torch.Tensor, repeats: int, memory: bool) -> dict:
+def measure(cfg: BenchRefineConfig, model, objective, batch: torch.Tensor) -> dict:
     optimizer = build_optimizer(model, OptimConfig(lr=1e-6))
     times = []
-    for i in range(repeats + 1):
+    for i in range(cfg.repeats + 1):
         start = time.perf_counter()
         one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, i))
         if i:  # the first step warms up
             times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times)}
-    if memory:
+    if cfg.memory:
         peak, _ = peak_memory_bytes(lambda: one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, 99)))
         result["peak_mib"] = peak / 2**20
     return result
@@ -82,45 +88,68 @@ def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] 
         )
         row = {}
         print(f"[L={length}] SFT ...", flush=True)
-        row["sft"] = measure(cfg, model, NextTokenObjective(cfg.batch_size), batch, cfg.repeats, cfg.memory)
+        row["sft"] = measure(cfg, model, NextTokenObjective(cfg.batch_size), batch)
         print(f"[L={length}] REFINE (cached states) ...", flush=True)
         cached = RefineObjective(RefineConfig(**refine, rollout_mode="cached"), cfg.batch_size)
-        row["refine"] = measure(cfg, model, cached, batch, cfg.repeats, cfg.memory)
-        if length <= cfg.reprefill_max_len:
-            print(f"[L={length}] REFINE (reprefill) ...", flush=True)
-            reprefill = RefineObjective(RefineConfig(**refine, rollout_mode="reprefill"), cfg.batch_size)
-            row["reprefill"] = measure(cfg, model, reprefill, batch, 1, False)
-            row["reprefill_over_refine"] = row["reprefill"]["seconds"] / row["refine"]["seconds"]
+        row["refine"] = measure(cfg, model, cached, batch)
+        for name, rows_per_pass, max_len in (
+            ("reprefill_one_pass", 0, min(cfg.reprefill_max_len, cfg.reprefill_one_pass_max_len)),
+            ("reprefill_grouped", cfg.reprefill_rows_per_pass, cfg.reprefill_max_len),
+        ):
+            if length <= max_len:
+                print(f"[L={length}] REFINE ({name}) ...", flush=True)
+                reprefill = RefineConfig(**refine, rollout_mode="reprefill", reprefill_rows_per_pass=rows_per_pass)
+                row[name] = measure(cfg, model, RefineObjective(reprefill, cfg.batch_size), batch)
+                row[f"{name}_over_refine"] = row[name]["seconds"] / row["refine"]["seconds"]
         row["refine_over_sft"] = row["refine"]["seconds"] / row["sft"]["seconds"]
         if cfg.memory:
             row["memory_refine_over_sft"] = row["refine"]["peak_mib"] / row["sft"]["peak_mib"]
         results[length] = row
-    table = report(cfg, model, results)
-    print("\n" + table)
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": asdict(cfg), "results": results, "table": table}, indent=2))
-    print(f"\nwrote {out}")
+        table = report(cfg, model, results)
+        print("\n" + table + "\n", flush=True)
+        # written after every length: a long run that is stopped keeps the rows it finished
+        out = Path(cfg.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"config": asdict(cfg), "results": results, "table": table}, indent=2))
+    print(f"wrote {out}")
     return results
 
 
 def report(cfg: BenchRefineConfig, model, results: dict) -> str:
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    groups = f"groups of {cfg.reprefill_rows_per_pass}"
     lines = [
         f"model {cfg.model} ({model.config.model_type}, {n_params:.1f}M params), batch {cfg.batch_size}, "
         f"c={cfg.num_chunks}, k={cfg.rollout_len}, n={cfg.rollouts_per_position}, {torch.get_num_threads()} threads",
         "",
-        "| L | SFT step | REFINE step | reprefill step | REFINE / SFT | reprefill / REFINE | peak mem SFT | peak mem REFINE |",
+        f"| L | SFT step | REFINE step | reprefill step (one pass) | reprefill step ({groups}) | REFINE / SFT "
+        "| reprefill / REFINE (one pass) | reprefill / REFINE (grouped) |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(r: dict, method: str, key: str, fmt: str) -> str:
+        return fmt.format(r[method][key]) if key in r.get(method, {}) else "—"
+
+    def ratio(r: dict, key: str, fmt: str = "**{:.1f}x**") -> str:
+        return fmt.format(r[key]) if key in r else "—"
+
     for L, r in results.items():
-        reprefill = f"{r['reprefill']['seconds']:.2f} s" if "reprefill" in r else "—"
-        speedup = f"**{r['reprefill_over_refine']:.1f}x**" if "reprefill" in r else "—"
-        mem = (f"{r['sft']['peak_mib']:.0f} MiB", f"{r['refine']['peak_mib']:.0f} MiB") if cfg.memory else ("—", "—")
-        lines.append(
-            f"| {L} | {r['sft']['seconds']:.2f} s | {r['refine']['seconds']:.2f} s | {reprefill} "
-            f"| **{r['refine_over_sft']:.2f}x** | {speedup} | {mem[0]} | {mem[1]} |"
-        )
+        seconds = [cell(r, m, "seconds", "{:.2f} s") for m in ("sft", "refine", "reprefill_one_pass", "reprefill_grouped")]
+        ratios = [ratio(r, "refine_over_sft", "**{:.2f}x**"), ratio(r, "reprefill_one_pass_over_refine"),
+                  ratio(r, "reprefill_grouped_over_refine")]  # fmt: skip
+        lines.append(f"| {L} | " + " | ".join(seconds + ratios) + " |")
+    if cfg.memory:
+        lines += [
+            "",
+            f"| L | peak mem SFT | peak mem REFINE | REFINE / SFT | peak mem reprefill (one pass) "
+            f"| peak mem reprefill ({groups}) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for L, r in results.items():
+            mib = [cell(r, m, "peak_mib", "{:,.0f} MiB") for m in ("sft", "refine", "reprefill_one_pass", "reprefill_grouped")]
+            lines.append(
+                f"| {L} | {mib[0]} | {mib[1]} | {ratio(r, 'memory_refine_over_sft', '**{:.2f}x**')} | {mib[2]} | {mib[3]} |"
+            )
     return "\n".join(lines)
 
 

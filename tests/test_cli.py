@@ -54,6 +54,20 @@ def test_bench_scale_runs_at_toy_sizes(tmp_path, capsys):
     assert [r["method"] for r in results] == ["sft", "refine"] and all(r["tokens_per_s"] > 0 for r in results)
 
 
+def test_bench_refine_runs_at_toy_sizes(tmp_path, capsys):
+    out = tmp_path / "refine.json"
+    args = ["bench", "refine", "model=random:delta_net:tiny", "lengths=[96,128]", "num_chunks=2", "repeats=1",
+            "reprefill_max_len=128", "reprefill_one_pass_max_len=96", "reprefill_rows_per_pass=1",
+            f"output={out}"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| 96 |" in printed and "peak mem REFINE" in printed
+    results = json.loads(out.read_text())["results"]
+    assert {"reprefill_one_pass", "reprefill_grouped"} <= results["96"].keys()
+    assert "reprefill_one_pass" not in results["128"] and results["128"]["reprefill_grouped"]["peak_mib"] > 0
+    assert results["128"]["memory_refine_over_sft"] > 0 and results["128"]["reprefill_grouped_over_refine"] > 0
+
+
 def test_flags_are_overrides_too(tmp_path, capsys):
     target = tmp_path / "m"
     assert main(["generate", "--save-to", str(target), "--max-new-tokens", "2", "--do-sample=false", "--prompt", "ab"]) == 0

@@ -145,6 +145,8 @@ def test_cached_rollouts_equal_reprefill(arch):
     cfg = dict(num_chunks=3, rollout_len=4, rollouts_per_position=2, margin=3, snapshot_stride=5, reward="hybrid")
     cached = RefineObjective(RefineConfig(**cfg, rollout_mode="cached"), micro_batch_size=2)
     oracle = RefineObjective(RefineConfig(**cfg, rollout_mode="reprefill"), micro_batch_size=2)
+    # 12 rollouts read 5, 5 and 2 at a time, activations recomputed in the backward pass
+    grouped = RefineObjective(RefineConfig(**cfg, rollout_mode="reprefill", reprefill_rows_per_pass=5), micro_batch_size=2)
     a = cached.rollout(model, ids, StepRandom(1, 0))
     b = oracle.rollout(model, ids, StepRandom(1, 0))
     assert torch.equal(a.starts, b.starts) and torch.equal(a.tokens, b.tokens)
@@ -154,7 +156,10 @@ def test_cached_rollouts_equal_reprefill(arch):
         assert cached.step_metrics()[key] == pytest.approx(oracle.step_metrics()[key], abs=1e-10)
 
     grads = []
-    for objective in (cached, oracle):
+    c = grouped.rollout(model, ids, StepRandom(1, 0))
+    assert torch.equal(a.tokens, c.tokens)
+    assert torch.allclose(a.old_logprobs, c.old_logprobs, atol=1e-10, rtol=0)
+    for objective in (cached, oracle, grouped):
         model.zero_grad()
         micro = RefineMicroBatch(a, ntp_tokens=2 * 47, rollout_tokens=a.tokens.numel())
         loss, _ = objective.loss(model, micro)
@@ -162,3 +167,4 @@ def test_cached_rollouts_equal_reprefill(arch):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-10, rtol=1e-8), name
+        assert torch.allclose(grads[0][name], grads[2][name], atol=1e-10, rtol=1e-8), name

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -74,6 +75,8 @@ class RefineConfig:
     ppo_epochs / mini_batches: passes over the batch's rollouts and updates per pass
         (optimiser steps per batch = ppo_epochs * mini_batches).
     rollout_mode: ``cached`` (states re-used) or ``reprefill`` (every rollout re-reads its prefix).
+    reprefill_rows_per_pass: rollouts per forward in ``reprefill`` mode (0 = all at once); fewer saves
+        memory by recomputing activations in the backward pass (same gradients, one more forward).
     snapshot_stride: tokens between memory snapshots in the no-grad read (0: L // (4 c)); a selected
         state is re-derived from the snapshot before it. Smaller = less re-reading, more memory.
     """
@@ -99,12 +102,15 @@ class RefineConfig:
     ppo_epochs: int = 1
     mini_batches: int = 1
     rollout_mode: Literal["cached", "reprefill"] = "cached"
+    reprefill_rows_per_pass: int = 0
     snapshot_stride: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_chunks", "rollout_len", "rollouts_per_position", "ppo_epochs", "mini_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reprefill_rows_per_pass < 0:
+            raise ValueError(f"reprefill_rows_per_pass must be >= 0, got {self.reprefill_rows_per_pass}")
 
     def for_phase(self, phase: Phase) -> RefineConfig:
         """A copy with the phase's defaults for the settings left unset (reward, lambda_rl)."""
@@ -188,7 +194,7 @@ class RefineObjective:
             last_hidden = gather_positions(read.hidden, starts - 1).reshape(B * cfg.num_chunks, -1)
             sampled = sample_rollouts(model, states_at(model, ids, read, starts), last_hidden, **sampling)
         else:
-            sampled = sample_rollouts_reprefill(model, ids, starts, **sampling)
+            sampled = sample_rollouts_reprefill(model, ids, starts, **sampling, rows_per_pass=cfg.reprefill_rows_per_pass)
         target_ids, target_hidden = targets(ids, read.hidden, starts, k, n)
         inputs = RewardInputs(sampled.tokens, target_ids, sampled.hidden, target_hidden, sampled.logprobs, model.lm_head.weight)
         rewards = self.reward_fn(inputs).reshape(B, cfg.num_chunks, n)
@@ -197,7 +203,7 @@ class RefineObjective:
         ref_logprobs = None
         if self.reference is not None and cfg.kl_beta > 0:
             self.reference.to(ids.device)
-            score = score_rollouts if cached else score_rollouts_reprefill
+            score = self._score_fn()
             ref_logprobs, _, _ = score(self.reference, ids, starts, sampled.tokens, n, with_ntp=False)
 
         selected_entropy = smooth_entropy(read.entropy, k).gather(1, starts - 1)
@@ -210,6 +216,11 @@ class RefineObjective:
             "rollout_logprob": float(sampled.logprobs.mean()),
         }
         return RolloutBatch(ids, starts, sampled.tokens, sampled.logprobs, advantages, ref_logprobs)
+
+    def _score_fn(self):
+        if self.cfg.rollout_mode == "cached":
+            return score_rollouts
+        return functools.partial(score_rollouts_reprefill, rows_per_pass=self.cfg.reprefill_rows_per_pass)
 
     def step_metrics(self) -> dict[str, float]:
         return self._step_metrics
@@ -236,7 +247,7 @@ class RefineObjective:
     def loss(self, model, micro: RefineMicroBatch) -> tuple[Tensor, dict[str, Any]]:
         cfg, n = self.cfg, self.cfg.rollouts_per_position
         r = micro.rollouts
-        score = score_rollouts if cfg.rollout_mode == "cached" else score_rollouts_reprefill
+        score = self._score_fn()
         logprobs, nll_sum, ntp_count = score(model, r.ids, r.starts, r.tokens, n, with_ntp=True)
         per_token, flags = clipped_policy_loss(
             logprobs, r.old_logprobs, r.advantages, clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..models.base import FastWeightForCausalLM
 from ..ops.lm_head import token_logprobs, token_stats
@@ -203,6 +204,7 @@ def sample_rollouts_reprefill(
     top_k: int = 0,
     generator: torch.Generator | None = None,
     uniforms: Tensor | None = None,
+    rows_per_pass: int = 0,
 ) -> SampledRollouts:
     """Like :func:`sample_rollouts`, but every rollout first re-reads its prefix from scratch, and the
     old log-probs come from another full forward over prefix + rollout (as the public implementation)."""
@@ -219,18 +221,48 @@ def sample_rollouts_reprefill(
         generator=generator,
         uniforms=uniforms,
     )
-    logprobs, _, _ = score_rollouts_reprefill(model, ids, starts, out.tokens, n, with_ntp=False)
+    logprobs, _, _ = score_rollouts_reprefill(model, ids, starts, out.tokens, n, with_ntp=False, rows_per_pass=rows_per_pass)
     return SampledRollouts(out.tokens, out.hidden_states, logprobs)
 
 
 def score_rollouts_reprefill(
-    model: FastWeightForCausalLM, ids: Tensor, starts: Tensor, tokens: Tensor, n: int, with_ntp: bool = True
+    model: FastWeightForCausalLM,
+    ids: Tensor,
+    starts: Tensor,
+    tokens: Tensor,
+    n: int,
+    with_ntp: bool = True,
+    rows_per_pass: int = 0,
 ) -> tuple[Tensor, Tensor, int]:
-    """:func:`score_rollouts` by re-reading ``x[:s] + rollout`` from scratch for every rollout."""
+    """:func:`score_rollouts` by re-reading ``x[:s] + rollout`` from scratch for every rollout.
+
+    ``rows_per_pass > 0`` reads that many rollouts per forward, each group trimmed to its own longest
+    prefix; with gradients on, each group's activations are recomputed in the backward pass
+    (activation checkpointing) instead of kept: at 16K tokens, 8 rollouts' activations at once
+    exceed 24 GiB. Results and gradients are the same; the cost is one more forward per rollout.
+    """
     batch, mask, lengths = _prefix_batch(ids, starts, n, suffix=tokens)
-    out = model(batch, attention_mask=mask, return_logits=False, return_hidden="all")
-    positions = lengths[:, None] - 1 + torch.arange(tokens.shape[1], device=ids.device)
-    hidden = gather_positions(out.last_hidden_state, positions)
+    k = tokens.shape[1]
+    positions = lengths[:, None] - 1 + torch.arange(k, device=ids.device)
+
+    def rollout_hidden(batch: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
+        out = model(batch, attention_mask=mask, return_logits=False, return_hidden="all")
+        return gather_positions(out.last_hidden_state, positions)
+
+    rows = rows_per_pass if 0 < rows_per_pass < len(batch) else len(batch)
+    if rows == len(batch):
+        hidden = rollout_hidden(batch, mask, positions)
+    else:
+        recompute = torch.is_grad_enabled()
+        groups = []
+        for i in range(0, len(batch), rows):
+            width = int(lengths[i : i + rows].max()) + k  # right padding beyond it is masked anyway
+            group = (batch[i : i + rows, :width], mask[i : i + rows, :width], positions[i : i + rows])
+            if recompute:
+                groups.append(checkpoint(rollout_hidden, *group, use_reentrant=False))
+            else:
+                groups.append(rollout_hidden(*group))
+        hidden = torch.cat(groups)
     logprobs = token_logprobs(hidden, model.lm_head.weight, tokens, slice_len=model.logits_slice_len)
     nll_sum, count = torch.zeros((), device=ids.device), 0
     if with_ntp:
