@@ -48,6 +48,7 @@ class BenchRefineConfig:
     reprefill_one_pass_max_len: int = 4096  # the one-pass baseline up to this length (16K x 8 rollouts > 24 GiB)
     reprefill_rows_per_pass: int = 4  # rollouts per forward of the grouped baseline
     memory: bool = True
+    device: str = "cpu"  # or cuda (peak memory then from torch.cuda.max_memory_allocated)
     seed: int = 0
     output: str = "runs/bench/refine.json"
 
@@ -68,24 +69,26 @@ def measure(cfg: BenchRefineConfig, model, objective, batch: torch.Tensor) -> di
     for i in range(cfg.repeats + 1):
         start = time.perf_counter()
         one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, i))
+        if batch.is_cuda:
+            torch.cuda.synchronize(batch.device)
         if i:  # the first step warms up
             times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times)}
     if cfg.memory:
-        peak, _ = peak_memory_bytes(lambda: one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, 99)))
+        peak, _ = peak_memory_bytes(lambda: one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, 99)), batch.device)
         result["peak_mib"] = peak / 2**20
     return result
 
 
 def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     cfg = load_config(BenchRefineConfig, config_path, overrides)
-    model = resolve_model(cfg.model, cfg.seed)
+    model = resolve_model(cfg.model, cfg.seed).to(cfg.device)
     refine = dict(num_chunks=cfg.num_chunks, rollout_len=cfg.rollout_len, rollouts_per_position=cfg.rollouts_per_position)
     results = {}
     for length in cfg.lengths:
         batch = torch.randint(
             0, model.config.vocab_size, (cfg.batch_size, length), generator=torch.Generator().manual_seed(length)
-        )
+        ).to(cfg.device)
         row = {}
         print(f"[L={length}] SFT ...", flush=True)
         row["sft"] = measure(cfg, model, NextTokenObjective(cfg.batch_size), batch)
@@ -120,7 +123,8 @@ def report(cfg: BenchRefineConfig, model, results: dict) -> str:
     groups = f"groups of {cfg.reprefill_rows_per_pass}"
     lines = [
         f"model {cfg.model} ({model.config.model_type}, {n_params:.1f}M params), batch {cfg.batch_size}, "
-        f"c={cfg.num_chunks}, k={cfg.rollout_len}, n={cfg.rollouts_per_position}, {torch.get_num_threads()} threads",
+        f"c={cfg.num_chunks}, k={cfg.rollout_len}, n={cfg.rollouts_per_position}, "
+        f"{cfg.device} ({torch.get_num_threads()} threads)",
         "",
         f"| L | SFT step | REFINE step | reprefill step (one pass) | reprefill step ({groups}) | REFINE / SFT "
         "| reprefill / REFINE (one pass) | reprefill / REFINE (grouped) |",
