@@ -40,7 +40,7 @@ class BenchEvalConfig:
     examples: int = 8  # prompts per measurement (one NIAH depth each)
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     max_new_tokens: int = 32
-    precision: str = "fp32"
+    precision: str = "auto"
     device: str = "cpu"
     threads: int = 0  # 0: torch's default
     output: str = "runs/bench/eval.json"

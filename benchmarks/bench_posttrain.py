@@ -84,7 +84,7 @@ class BenchPosttrainConfig:
     max_new_tokens: int = 12
     threads: int = 1
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"
     output_dir: str = "runs/bench/posttrain"
 
 

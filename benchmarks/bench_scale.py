@@ -38,7 +38,7 @@ class BenchScaleConfig:
     batch_size: int = 0  # global sequences per step (0: one per rank)
     steps: int = 3  # timed: all but the first
     parallel: str = "auto"  # auto, none, ddp, fsdp
-    precision: str = "fp32"  # fp32 or bf16
+    precision: str = "auto"  # auto, fp32 or bf16
     device: str = "cpu"
     threads: int = 0
     num_chunks: int = 8

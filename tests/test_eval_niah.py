@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from refine_lm.config import ConfigError
-from refine_lm.eval.niah import NEEDLE, VARIANTS, NIAHBuilder, NIAHConfig, heatmap_grid, score_niah, split_sentences
+from refine_lm.eval.niah import VARIANTS, WORDINGS, NIAHBuilder, NIAHConfig, heatmap_grid, score_niah, split_sentences
 from refine_lm.eval.synthetic import filler_text
 
 DEPTHS = [0.0, 25.0, 50.0, 75.0, 100.0]
@@ -34,12 +34,12 @@ def test_needles_sit_at_their_depths_and_prompts_fit_the_length(eval_tokenizer, 
         sentences = meta["haystack_sentences"]
         needles = meta["needles"]
         for needle in needles:
-            text = NEEDLE.format(type="numbers", key=needle["key"], value=needle["value"])
+            text = WORDINGS["ruler"].needle.format(type="numbers", key=needle["key"], value=needle["value"])
             assert example.prompt.count(text) == 1
             assert context[needle["char_start"] :].startswith(text)
             before = [s for s in split_sentences(context[: needle["char_start"]]) if not s.startswith("One of the special")]
             if haystack == "needles":  # the haystack itself is needles: count everything that is not one of ours
-                ours = {NEEDLE.format(type="numbers", key=n["key"], value=n["value"]) for n in needles}
+                ours = {WORDINGS["ruler"].needle.format(type="numbers", key=n["key"], value=n["value"]) for n in needles}
                 before = [s for s in split_sentences(context[: needle["char_start"]]) if s not in ours]
             assert len(before) == round(needle["depth"] / 100 * sentences)
         asked = [n for n in needles if n["asked"]]

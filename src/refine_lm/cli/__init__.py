@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "next-token pretraining from scratch on a prepared corpus",
     "train": "continue training a checkpoint: --phase mid (refine|sft) or --phase post (refine|nested-sft|answer-sft)",
     "eval": "evaluate a model: NIAH, RULER QA, LongBench, perplexity by position; optional test-time training (--ttt)",
+    "study": "a seeded grid of methods x seeds from one base: train, evaluate, report intervals and paired differences",
     "bench": "run a benchmark suite from benchmarks/ (prints side-by-side ratios)",
 }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from ..config import ConfigError, load_config
 from ..models.registry import ARCHITECTURES, PRESETS, build_model, load_model
+from ..ops.dtypes import Precision, autocast, resolve_precision
 
 
 @dataclass
@@ -27,7 +27,8 @@ class GenerateConfig:
     do_sample / temperature / top_p / top_k: sampling (greedy when do_sample is false).
     seed: seeds model initialisation (random models) and sampling.
     backend: how the prompt is read: chunk, naive, fla or auto.
-    precision: fp32, or bf16 autocast for projections and MLPs (the recurrence stays fp32).
+    precision: auto (bf16 where the hardware runs it fast, else fp32), fp32, or bf16 autocast for projections
+        and MLPs (the recurrence stays fp32).
     device: cpu or cuda.
     save_to: if set, the model is written there as a Hugging Face directory first.
     """
@@ -42,7 +43,7 @@ class GenerateConfig:
     top_k: int = 0
     seed: int = 0
     backend: Literal["chunk", "naive", "fla", "auto"] = "chunk"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "auto"
     device: str = "cpu"
     save_to: str | None = None
 
@@ -101,11 +102,9 @@ def run(args) -> None:
     ids = torch.tensor([tokenizer.encode(cfg.prompt)] * cfg.num_samples, device=cfg.device)
     if ids.shape[1] == 0:
         raise ConfigError("prompt is empty")
-    autocast = (
-        torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
+    precision = resolve_precision(cfg.precision, cfg.device)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-    with autocast, torch.no_grad():
+    with autocast(precision, cfg.device), torch.no_grad():
         start = time.perf_counter()
         prefill = model(ids, return_logits=False, return_hidden="last")
         prefill_s = time.perf_counter() - start

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, to_dict
+from .retrieval import RetrievalEpisodeGenerator
 from .sources import DataError, SkipLog, SourceConfig, SourceMissing, describe_source, read_source
 from .synthetic import FillerReservoir, RecallEpisodeGenerator, SyntheticConfig
 from .tokenizer import encode_texts, end_of_document_id, load_tokenizer, save_tokenizer, train_tokenizer, vocab_size
@@ -354,7 +355,10 @@ def _add_synthetic(cfg: PrepareConfig, tokenizer, writer: _CorpusWriter, reservo
             print(f"warning: no {split} documents to take filler from: no synthetic {split} episodes", file=sys.stderr)
             plan[split] = 0
             continue
-        generator = RecallEpisodeGenerator(syn, encode, reservoirs[split].chunks)
+        if syn.kind == "retrieval":
+            generator = RetrievalEpisodeGenerator(syn.retrieval, syn.episode_tokens, encode, reservoirs[split].chunks)
+        else:
+            generator = RecallEpisodeGenerator(syn, encode, reservoirs[split].chunks)
         for number, first in enumerate(range(0, plan[split], syn.episodes_per_document)):
             n = min(plan[split] - first, syn.episodes_per_document)
             doc = generator.document((syn.seed, code, number), n)

@@ -26,17 +26,55 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from ..config import ConfigError
 
+TASKS = ("single", "multikey", "multiquery", "multivalue", "list")  # the tasks of retrieval episodes
+
+
+@dataclass
+class RetrievalConfig:
+    """The mix of retrieval episodes (``synthetic.kind: retrieval``, see ``retrieval.py``).
+
+    segments: relative weights of cutting an episode into 1, 2, 4 or 8 segments.
+    tasks: relative weights of the tasks, in the order of ``TASKS``.
+    noise_haystack: share of segments whose haystack is noise sentences (else corpus text).
+    ruler_wording: share of segments in the first wording of ``WORDINGS`` (RULER's); the rest draw
+        uniformly from the others.
+    number_values: share of segments with digit-string values (the rest: words and codes, equally).
+    max_facts: facts in a ``list`` segment (at most; fewer when the segment is short).
+    """
+
+    segments: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.2, 0.2])
+    tasks: list[float] = field(default_factory=lambda: [0.3, 0.25, 0.15, 0.1, 0.2])
+    noise_haystack: float = 0.4
+    ruler_wording: float = 0.35
+    number_values: float = 0.6
+    max_facts: int = 16
+
+    def __post_init__(self) -> None:
+        if len(self.segments) != 4 or len(self.tasks) != len(TASKS):
+            raise ValueError(f"retrieval.segments needs 4 weights and retrieval.tasks {len(TASKS)} ({', '.join(TASKS)})")
+        if min(self.segments + self.tasks) < 0 or sum(self.segments) <= 0 or sum(self.tasks) <= 0:
+            raise ValueError("retrieval.segments and retrieval.tasks must be non-negative weights with a positive sum")
+        for name in ("noise_haystack", "ruler_wording", "number_values"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"retrieval.{name} must be in [0, 1]")
+        if self.max_facts < 2:
+            raise ValueError("retrieval.max_facts must be >= 2")
+
 
 @dataclass
 class SyntheticConfig:
-    """Synthetic recall episodes mixed into the corpus.
+    """Synthetic episodes mixed into the corpus.
 
+    kind: ``recall`` (recall episodes, below: facts about invented people, asked in the middle and at
+        the end) or ``retrieval`` (retrieval as a skill: many wordings, key and value kinds, haystacks
+        and distances, ``retrieval.py``).
     train_fraction: share of the training split's tokens that are synthetic episodes (0 disables them).
     validation_episodes: held-out episodes added to the validation split (source ``synthetic``).
     episode_tokens: exact length of one episode. Use your training ``seq_len`` or a divisor of it, so
@@ -46,8 +84,10 @@ class SyntheticConfig:
     facts: facts per episode that are asked about later.
     distractors: facts per episode that are never asked about.
     seed: seeds the episodes (names, values, templates, filler choice).
+    retrieval: the mix of retrieval episodes (``kind: retrieval``).
     """
 
+    kind: Literal["recall", "retrieval"] = "recall"
     train_fraction: float = 0.1
     validation_episodes: int = 64
     episode_tokens: int = 1024
@@ -55,6 +95,7 @@ class SyntheticConfig:
     facts: int = 3
     distractors: int = 3
     seed: int = 0
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.train_fraction < 1.0:
@@ -199,13 +240,30 @@ class Episode:
     answers: list[tuple[int, int]]  # token spans [start, end) of the answers, within the episode
 
 
-class RecallEpisodeGenerator:
+class EpisodeGenerator:
+    """What the corpus builder asks of a generator: ``episode(rng)`` of exactly ``episode_tokens`` tokens."""
+
+    episode_tokens: int
+
+    def episode(self, rng: np.random.Generator) -> Episode:
+        raise NotImplementedError
+
+    def document(self, seed: tuple[int, ...], n_episodes: int) -> Episode:
+        """``n_episodes`` episodes back to back; episode ``i`` is seeded by ``(*seed, i)``, so documents are reproducible."""
+        parts = [self.episode(np.random.default_rng([*seed, i])) for i in range(n_episodes)]
+        size = self.episode_tokens
+        answers = [(s + i * size, e + i * size) for i, p in enumerate(parts) for s, e in p.answers]
+        return Episode(np.concatenate([p.tokens for p in parts]), answers)
+
+
+class RecallEpisodeGenerator(EpisodeGenerator):
     """Builds recall episodes of exactly ``cfg.episode_tokens`` tokens from filler chunks and ``encode``."""
 
     def __init__(self, cfg: SyntheticConfig, encode: Callable[[str], list[int]], filler: list[str]):
         if not filler:
             raise ConfigError("synthetic episodes need filler text, and the documents they draw it from gave none")
         self.cfg, self.encode, self.filler = cfg, encode, filler
+        self.episode_tokens = cfg.episode_tokens
         self._filler_ids: dict[int, list[int]] = {}
 
     def _filler_tokens(self, rng: np.random.Generator, n: int) -> list[int]:
@@ -263,11 +321,3 @@ class RecallEpisodeGenerator:
             tokens += answer + stop
         assert len(tokens) == cfg.episode_tokens
         return Episode(np.asarray(tokens, dtype=np.int64), answers)
-
-    def document(self, seed: tuple[int, ...], n_episodes: int) -> Episode:
-        """``n_episodes`` episodes back to back; episode ``i`` is seeded by ``(*seed, i)``, so documents are reproducible."""
-        parts = [self.episode(np.random.default_rng([*seed, i])) for i in range(n_episodes)]
-        answers = [
-            (s + i * self.cfg.episode_tokens, e + i * self.cfg.episode_tokens) for i, p in enumerate(parts) for s, e in p.answers
-        ]
-        return Episode(np.concatenate([p.tokens for p in parts]), answers)

@@ -2,7 +2,8 @@
 
 A needle is "One of the special magic {type} for {key} is: {value}."; the prompt ends with
 "What are all the special magic {type} for {key} mentioned in the provided text?" and an answer
-prefix. Variants:
+prefix (RULER's wording; ``wording: heldout`` uses sentences of this project's that its shipped
+training data never contains, to measure retrieval in a phrasing not seen in training). Variants:
 
 - ``single``: one needle, one key asked;
 - ``multikey``: the asked needle among ``num_distractors`` needles with other keys;
@@ -35,10 +36,34 @@ from .synthetic import NOISE_SENTENCES, VALUE_WORDS, fit_count, seeded_uuid, wor
 
 VARIANTS = ("single", "multikey", "multiquery", "multivalue")
 
-INTRO = "Some special magic {type} are hidden in the text below. Remember them: you will be asked for them at the end."
-NEEDLE = "One of the special magic {type} for {key} is: {value}."
-QUESTION = "What are all the special magic {type} for {keys} mentioned in the provided text?"
-ANSWER_PREFIX = "Answer: the special magic {type} for {keys} mentioned in the provided text are"
+
+@dataclass(frozen=True)
+class NIAHWording:
+    """The sentences of a NIAH prompt: ``{type}`` is the kind of values ("numbers", "words", "uuids")."""
+
+    intro: str
+    needle: str
+    question: str
+    answer_prefix: str
+
+
+WORDINGS = {
+    # RULER's wording
+    "ruler": NIAHWording(
+        "Some special magic {type} are hidden in the text below. Remember them: you will be asked for them at the end.",
+        "One of the special magic {type} for {key} is: {value}.",
+        "What are all the special magic {type} for {keys} mentioned in the provided text?",
+        "Answer: the special magic {type} for {keys} mentioned in the provided text are",
+    ),
+    # a wording of this project's that no training data of its own uses (a test checks the shipped mixture):
+    # retrieval measured on phrasing a model has not seen
+    "heldout": NIAHWording(
+        "Hidden notes are scattered through the text below. Each pairs a name with some {type}.",
+        "Hidden note: {key} is paired with {value}.",
+        "Which hidden {type} are paired with {keys}?",
+        "Reply: {keys} is paired with",
+    ),
+}
 TEMPLATE = "{intro}\n\n{context}\n\n{question}\n{answer_prefix}"
 
 
@@ -50,6 +75,7 @@ class NIAHConfig:
         ``needles`` (distractor needles with other keys).
     corpus_path: a ``.txt`` file, a JSONL/JSON/parquet file with a ``text`` column, or a directory of
         them; needed for the ``corpus`` haystack.
+    wording: ``ruler`` (RULER's sentences) or ``heldout`` (a wording no shipped training data uses).
     keys: ``words`` (adjective-noun pairs) or ``uuids``.
     values: ``numbers`` (7 digits), ``words`` or ``uuids``.
     depths: needle depths in percent of the haystack; evenly spread over 0-100 by default.
@@ -62,6 +88,7 @@ class NIAHConfig:
 
     haystack: Literal["noise", "corpus", "needles"] = "noise"
     corpus_path: str | None = None
+    wording: Literal["ruler", "heldout"] = "ruler"
     keys: Literal["words", "uuids"] = "words"
     values: Literal["numbers", "words", "uuids"] = "numbers"
     depths: list[float] = field(default_factory=lambda: [0.0, 12.5, 25.0, 37.5, 50.0, 62.5, 75.0, 87.5, 100.0])
@@ -92,8 +119,8 @@ class Needle:
     depth: float  # percent of the haystack sentences before it
     asked: bool
 
-    def text(self, kind: str) -> str:
-        return NEEDLE.format(type=kind, key=self.key, value=self.value)
+    def text(self, kind: str, wording: NIAHWording) -> str:
+        return wording.needle.format(type=kind, key=self.key, value=self.value)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -115,6 +142,7 @@ class NIAHBuilder:
         self.variant, self.cfg, self.tokenizer, self.seed = variant, cfg, tokenizer, seed
         self.corpus = list(corpus or [])
         self.kind = cfg.values  # "numbers", "words" or "uuids": the {type} of the prompts
+        self.wording = WORDINGS[cfg.wording]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -133,9 +161,9 @@ class NIAHBuilder:
         asked_keys = list(dict.fromkeys(n.key for n in needles if n.asked))
         keys_text = _join(asked_keys)
         frame = {
-            "intro": INTRO.format(type=self.kind),
-            "question": QUESTION.format(type=self.kind, keys=keys_text),
-            "answer_prefix": ANSWER_PREFIX.format(type=self.kind, keys=keys_text),
+            "intro": self.wording.intro.format(type=self.kind),
+            "question": self.wording.question.format(type=self.kind, keys=keys_text),
+            "answer_prefix": self.wording.answer_prefix.format(type=self.kind, keys=keys_text),
         }
         taken = {n.key for n in needles} | {n.value for n in needles}
         haystack = self._haystack(rng, taken)
@@ -213,7 +241,8 @@ class NIAHBuilder:
         def needles(n: int) -> list[str]:
             while len(stream) < n:
                 key = self._distinct(self._key, rng, 1, taken)[0]
-                stream.append(NEEDLE.format(type=self.kind, key=key, value=self._distinct(self._value, rng, 1, taken)[0]))
+                value = self._distinct(self._value, rng, 1, taken)[0]
+                stream.append(self.wording.needle.format(type=self.kind, key=key, value=value))
             return stream[:n]
 
         return needles
@@ -230,7 +259,7 @@ class NIAHBuilder:
         for position in range(n + 1):
             for i in slots.get(position, []):
                 starts[i] = offset
-                pieces.append(needles[i].text(self.kind))
+                pieces.append(needles[i].text(self.kind, self.wording))
                 offset += len(pieces[-1]) + 1
             if position < n:
                 pieces.append(sentences[position])

@@ -9,7 +9,6 @@ Does the model still predict well late in the context?
 
 from __future__ import annotations
 
-import contextlib
 import math
 import zlib
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..ops.dtypes import autocast, resolve_precision
 from ..ops.lm_head import IGNORE_INDEX, token_stats
 from ..ops.sampling import sample_tokens
 from .runner import ExampleCache
@@ -126,7 +126,7 @@ def evaluate_perplexity(
     seed: int = 0,
     cache: ExampleCache | None = None,
     progress: bool = True,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """One record per document (``id``, ``tokens``, ``buckets``), reusing cached ones."""
     docs = []
@@ -140,12 +140,12 @@ def evaluate_perplexity(
     done = {k: cache.records[k] for k in keys if cache and k in cache.records}
     pending = sorted((i for i, k in enumerate(keys) if k not in done), key=lambda i: -len(docs[i][1]))
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    precision = resolve_precision(precision, device)
     bar = tqdm(total=len(pending), desc="perplexity", disable=not progress, leave=False)
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
         seeds = [seed * 1_000_003 + zlib.crc32(docs[i][0].encode()) for i in batch]
-        with autocast:
+        with autocast(precision, device):
             stats = position_stats(model, [docs[i][1] for i in batch], edges, doc_seeds=seeds)
         records = [
             {"key": keys[i], "task": "perplexity", "id": docs[i][0], "tokens": len(docs[i][1]), "buckets": s}

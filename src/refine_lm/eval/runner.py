@@ -10,7 +10,6 @@ resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..ops.dtypes import autocast, resolve_precision
 from .metrics import first_line
 
 
@@ -146,7 +146,8 @@ class Evaluator:
     max_length: prompts of truncatable tasks longer than this many tokens lose their middle.
     do_sample / temperature / top_p: greedy unless do_sample; a sampled batch is seeded from
         ``seed`` and its examples' ids.
-    precision: ``fp32``, or ``bf16`` autocast (the recurrence stays in fp32).
+    precision: ``auto`` (bf16 where the hardware runs it fast, else fp32), ``fp32``, or ``bf16`` autocast
+        (the recurrence stays in fp32).
     fingerprint: identifies the model and settings in cache keys.
     """
 
@@ -161,7 +162,7 @@ class Evaluator:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int = 0,
-        precision: str = "fp32",
+        precision: str = "auto",
         progress: bool = True,
         fingerprint: str = "",
     ):
@@ -173,10 +174,10 @@ class Evaluator:
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
-        self.precision = precision
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
         self.progress = progress
         self.fingerprint = fingerprint
-        self.device = next(model.parameters()).device
         self.eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.newline_ids = newline_token_ids(tokenizer)
         self.throughput = Throughput()
@@ -292,9 +293,7 @@ class Evaluator:
 
     # ----- helpers ----------------------------------------------------------------------------
     def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.precision, self.device)
 
     def _clock(self) -> float:
         if self.device.type == "cuda":

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from ..config import ConfigError
+from ..ops.dtypes import Precision, resolve_precision
 from ..refine.objective import RefineConfig
 from . import longbench, niah, plots, qa
 from .niah import NIAHConfig
@@ -113,7 +114,7 @@ class EvalConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     device: str = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "auto"
     backend: Literal["chunk", "naive", "fla", "auto"] = "chunk"
     resume: bool = True
     progress: bool = True
@@ -153,6 +154,7 @@ def fingerprint(cfg: EvalConfig) -> str:
     rewritten in place is not mistaken for the old one), tokenizer and generation settings."""
     keys = ("model", "tokenizer", "max_length", "do_sample", "temperature", "top_p", "seed", "precision", "backend")
     identity = {k: getattr(cfg, k) for k in keys}
+    identity["precision"] = resolve_precision(cfg.precision, cfg.device)  # what "auto" means on this machine
     if cfg.ttt != "none":  # adapted answers are other answers
         ttt_keys = ("ttt", "ttt_steps", "ttt_lr", "ttt_mode", "ttt_params", "ttt_refine")
         identity.update({k: asdict(v) if k == "ttt_refine" else v for k in ttt_keys for v in [getattr(cfg, k)]})

@@ -15,7 +15,6 @@ uninterrupted run would have, and N data-parallel ranks compute what one process
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import ConfigError
+from ..ops.dtypes import Precision, resolve_precision
+from ..ops.dtypes import autocast as autocast_for
 from . import distributed
 from .checkpoint import list_checkpoints, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .metrics import MetricsLog
@@ -49,7 +50,8 @@ class LoopConfig:
         takes batch_size / N of them).
     micro_batch_size: sequences per forward/backward on one rank; gradients accumulate up to the rank's
         share of the batch (0 = no accumulation).
-    precision: ``fp32``, or ``bf16`` autocast for projections and MLPs (recurrences stay fp32).
+    precision: ``auto`` (bf16 where the hardware runs it fast: CUDA, or a CPU with AMX / AVX512-BF16; else
+        fp32), ``fp32``, or ``bf16`` autocast for projections and MLPs (recurrences stay fp32).
     device: ``cpu`` or ``cuda`` (under torchrun, rank r uses ``cuda:LOCAL_RANK``).
     backend: how the model reads sequences: ``chunk`` (torch), ``fla`` (flash-linear-attention kernels,
         CUDA), ``auto`` (fla where installed and on CUDA, else chunk), ``naive``.
@@ -70,7 +72,7 @@ class LoopConfig:
     steps: int = 100
     batch_size: int = 8
     micro_batch_size: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "auto"
     device: str = "cpu"
     backend: Literal["chunk", "fla", "auto", "naive"] = "chunk"
     parallel: distributed.Parallel = "auto"
@@ -278,10 +280,8 @@ def train(
         distributed.barrier()
         return result
 
-    def autocast():
-        if loop.precision == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    precision = resolve_precision(loop.precision, device)
+    autocast = lambda: autocast_for(precision, device)
 
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf

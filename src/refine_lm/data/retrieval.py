@@ -1,0 +1,276 @@
+"""Retrieval episodes: retrieval taught as a skill, in many wordings, key kinds and value kinds.
+
+An episode is exactly ``episode_tokens`` long and is cut into *segments* of 1/1, 1/2, 1/4 or 1/8 of
+it (at least ``MIN_SEGMENT`` tokens), so one training window holds lookups over distances from a few tokens to the whole window.
+Each segment is one self-contained task::
+
+    [intro]  haystack . needle . haystack . needle ... haystack   question  answer-prefix  answer.
+
+- tasks: ``single`` (one needle, asked), ``multikey`` (the asked needle among needles with other
+  keys), ``multiquery`` (several needles, all asked at once), ``multivalue`` (one key, several
+  values), ``list`` (a dense run of facts, several asked one at a time: associative recall);
+- haystacks: corpus text (sentences of the split's own documents) or plain *noise* sentences
+  cycled in a fixed order (a repetitive haystack, as RULER's noise haystack is);
+- keys: hyphenated word pairs, invented people, places and codes; values: digit strings of 3-9
+  digits (never 7), words and letter-digit codes;
+- wordings: :data:`WORDINGS`, a family of statement / question / answer-prefix templates. The first
+  is RULER's needle-in-a-haystack wording; every key, value word and noise sentence here is drawn
+  from lists of this module that share nothing with the evaluation's (``eval/synthetic.py``), and a
+  held-out wording family (``eval/niah.py``, ``niah.wording=heldout``) is never generated here, so
+  retrieval can be measured on text the model has not seen the like of (a test checks both).
+
+Answer spans (token offsets) are recorded, so held-out recall is scored on the answer tokens alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import ConfigError
+from .synthetic import TASKS, Episode, EpisodeGenerator, RetrievalConfig, _digits, _word
+
+
+@dataclass(frozen=True)
+class Wording:
+    """One way of stating a fact and asking for it. ``{key}``/``{keys}``: the key(s); ``{value}``: the
+    value; ``{type}``: what the values are (plural: "numbers", "words", "codes")."""
+
+    statement: str
+    question: str
+    answer_prefix: str
+    intro: str = ""
+
+
+WORDINGS = (
+    Wording(
+        "One of the special magic {type} for {key} is: {value}.",
+        "What are all the special magic {type} for {keys} mentioned in the provided text?",
+        "Answer: the special magic {type} for {keys} mentioned in the provided text are",
+        "Some special magic {type} are hidden in the text below. Remember them: you will be asked for them at the end.",
+    ),
+    Wording("The {type} of {key}: {value}.", "Which {type} belong to {keys}?", "The {type} of {keys}:"),
+    Wording("Remember that {key} goes with {value}.", "What goes with {keys}?", "{keys} goes with"),
+    Wording("{key} = {value}.", "Look up {keys}.", "{keys} ="),
+    Wording("The secret of {key} is {value}.", "Q: What is the secret of {keys}?", "A: The secret of {keys} is"),
+    Wording("Record for {key}: {value}.", "Find the record for {keys}.", "Record for {keys}:"),
+    Wording("Please note: {key} has the code {value}.", "What code does {keys} have?", "{keys} has the code"),
+    Wording("Write down {value} for {key}.", "What was written down for {keys}?", "For {keys} it was"),
+    Wording("In the list, {key} stands beside {value}.", "What stands beside {keys} in the list?", "Beside {keys} stands"),
+    Wording("The {type} kept for {key} is {value}.", "Tell me the {type} kept for {keys}.", "The {type} kept for {keys} is"),
+    Wording(
+        "It is known that {key} is tied to {value}.",
+        "What is {keys} tied to?",
+        "{keys} is tied to",
+        "Read the passage and remember what each name is tied to.",
+    ),
+    Wording("Entry {key} reads {value}.", "How does entry {keys} read?", "Entry {keys} reads"),
+)
+
+# Word lists of the training mixture only: none of these words is a key word, value word or noise word
+# of the evaluation's generators (eval/synthetic.py), which a test checks.
+KEY_ADJECTIVES = (
+    "azure", "bronze", "cheerful", "dapper", "dizzy", "drowsy", "fancy", "fluffy", "frosty", "fuzzy", "gloomy",
+    "grumpy", "hasty", "jagged", "jumpy", "lanky", "lumpy", "merry", "murky", "nimble", "plucky", "prickly", "quirky",
+    "rowdy", "rugged", "salty", "shaggy", "snowy", "soggy", "spicy", "spotted", "stubborn", "thirsty", "tangled",
+    "twisted", "wobbly", "woolly", "zesty", "crooked", "dreamy",
+)  # fmt: skip
+KEY_NOUNS = (
+    "acorn", "alley", "anvil", "attic", "banjo", "beetle", "biscuit", "bucket", "cactus", "carpet", "cobweb", "comet",
+    "crayon", "crystal", "dagger", "donkey", "ferret", "gadget", "goblet", "gravel", "hammock", "hatchet", "igloo",
+    "jigsaw", "kayak", "lasso", "locket", "marionette", "mitten", "muffin", "nutmeg", "parrot", "pickle", "pigeon",
+    "puddle", "quiver", "rafter", "satchel", "scarf", "skillet", "sparrow", "spindle", "teacup", "thimble", "tulip",
+    "turret", "vessel", "wheelbarrow", "weasel", "yarn",
+)  # fmt: skip
+VALUE_WORDS = (
+    "almond", "anise", "basil", "beryl", "bramble", "cedar", "chestnut", "clover", "coral", "cumin", "cypress",
+    "daffodil", "ember", "fennel", "garnet", "ginger", "hazel", "heather", "jasper", "juniper", "lavender", "lilac",
+    "magnolia", "maple", "marigold", "mint", "nettle", "onyx", "opal", "orchid", "paprika", "pewter", "poppy",
+    "primrose", "quartz", "rosemary", "rust", "sage", "sapphire", "sorrel", "tansy", "thyme", "topaz", "tulipwood",
+    "umber", "verbena", "willowherb", "yarrow", "zinnia", "birch",
+)  # fmt: skip
+NOISE_SENTENCES = (
+    "The wind moves across the open field.",
+    "A bird sings somewhere in the trees.",
+    "The lamp on the desk gives a yellow light.",
+    "Snow settles quietly on the fence posts.",
+    "The boat rocks gently at the dock.",
+    "A cat sleeps in a patch of sunlight.",
+    "The road winds up toward the ridge.",
+    "Water drips from the edge of the porch.",
+    "The market opens early on the first day.",
+    "Smoke curls up from the chimney.",
+    "The night is cool and very still.",
+    "Children play a game by the wall.",
+)
+_PLACE_ENDINGS = ("ton", "field", "burg", "port", "vale", "moor", "gate", "shire")
+_CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+MIN_SEGMENT = 256  # tokens: room for the longest task with three quarters of haystack
+_NUMBER_LENGTHS = (3, 4, 5, 6, 8, 9)  # never 7, the length of the evaluation's needle values
+
+KEY_KINDS: dict[str, Callable[[np.random.Generator], str]] = {
+    "pair": lambda rng: f"{rng.choice(KEY_ADJECTIVES)}-{rng.choice(KEY_NOUNS)}",
+    "person": lambda rng: f"{_word(rng, 2)} {_word(rng, int(rng.integers(2, 4)))}",
+    "place": lambda rng: _word(rng, 2) + str(rng.choice(_PLACE_ENDINGS)),
+    "code": lambda rng: "".join(rng.choice(list(_CODE_LETTERS), size=2)) + "-" + _digits(rng, 2),
+}
+# value kind -> (the {type} word, maker)
+VALUE_KINDS: dict[str, tuple[str, Callable[[np.random.Generator], str]]] = {
+    "number": ("numbers", lambda rng: _digits(rng, int(rng.choice(_NUMBER_LENGTHS)))),
+    "word": ("words", lambda rng: str(rng.choice(VALUE_WORDS))),
+    "code": ("codes", lambda rng: "".join(rng.choice(list(_CODE_LETTERS), size=3)) + _digits(rng, 3)),
+}
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in (" ".join(p.split()) for p in re.split(r"(?<=[.!?;:])\s+", text)) if s]
+
+
+def _join(keys: list[str]) -> str:
+    return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+
+
+class RetrievalEpisodeGenerator(EpisodeGenerator):
+    """Builds retrieval episodes of exactly ``episode_tokens`` tokens from filler text and ``encode``."""
+
+    def __init__(self, cfg: RetrievalConfig, episode_tokens: int, encode: Callable[[str], list[int]], filler: list[str]):
+        if not filler:
+            raise ConfigError("retrieval episodes need filler text, and the documents they draw it from gave none")
+        if episode_tokens % 8 or episode_tokens < MIN_SEGMENT:
+            raise ConfigError(
+                f"retrieval episodes need episode_tokens >= {MIN_SEGMENT} and a multiple of 8, got {episode_tokens}"
+            )
+        self.cfg, self.episode_tokens, self.encode, self.filler = cfg, episode_tokens, encode, filler
+        self._filler_sentences: dict[int, list[list[int]]] = {}
+        self._noise = [encode(" " + s) for s in NOISE_SENTENCES]
+
+    # ----- haystack ---------------------------------------------------------------------------
+    def _haystack(self, rng: np.random.Generator, n_tokens: int) -> list[list[int]]:
+        """Sentences (token lists) of exactly ``n_tokens`` tokens in all (the last one cut)."""
+        out: list[list[int]] = []
+        total = 0
+        if rng.random() < self.cfg.noise_haystack:
+            order = [self._noise[i] for i in rng.permutation(len(self._noise))[: int(rng.integers(4, len(self._noise) + 1))]]
+            stream = (order[i % len(order)] for i in range(10**9))
+        else:
+            stream = self._corpus_stream(rng)
+        while total < n_tokens:
+            sentence = next(stream)
+            out.append(sentence[: n_tokens - total])
+            total += len(out[-1])
+        return out
+
+    def _corpus_stream(self, rng: np.random.Generator):
+        while True:
+            i = int(rng.integers(len(self.filler)))
+            if i not in self._filler_sentences:
+                self._filler_sentences[i] = [self.encode(" " + s) for s in _sentences(self.filler[i])]
+            yield from self._filler_sentences[i]
+
+    # ----- one segment ------------------------------------------------------------------------
+    def _facts(
+        self, rng: np.random.Generator, task: str, value_kind: str, n_tokens: int
+    ) -> tuple[list[tuple[str, str]], list[int]]:
+        """(key, value) facts and the indices of the asked ones, in the order asked."""
+        key_kind = str(rng.choice(list(KEY_KINDS)))
+        make_key, make_value = KEY_KINDS[key_kind], VALUE_KINDS[value_kind][1]
+        n = {
+            "single": 1,
+            "multikey": int(rng.integers(2, 6)),
+            "multiquery": int(rng.integers(2, 5)),
+            "multivalue": int(rng.integers(2, 5)),
+            "list": int(rng.integers(4, max(5, min(self.cfg.max_facts, n_tokens // 48)) + 1)),
+        }[task]
+        keys: list[str] = []
+        for _ in range(50 * n):
+            if len(keys) == n or (task == "multivalue" and keys):
+                break
+            key = make_key(rng)
+            if key not in keys:
+                keys.append(key)
+        keys = keys * n if task == "multivalue" else keys
+        values: list[str] = []
+        for _ in range(50 * n):
+            if len(values) == n:
+                break
+            value = make_value(rng)
+            if value not in values:
+                values.append(value)
+        n = min(len(keys), len(values))
+        facts = list(zip(keys[:n], values[:n]))
+        if task in ("single", "multikey"):
+            asked = [int(rng.integers(n))]
+        elif task == "list":
+            asked = [int(i) for i in rng.choice(n, size=int(rng.integers(1, min(n, 6) + 1)), replace=False)]
+        else:
+            asked = list(range(n))
+        return facts, asked
+
+    def segment(self, rng: np.random.Generator, n_tokens: int, attempt: int = 0) -> Episode:
+        """One task of exactly ``n_tokens`` tokens (its statements and questions take at most half of it)."""
+        cfg = self.cfg
+        task = TASKS[int(rng.choice(len(TASKS), p=np.asarray(cfg.tasks) / sum(cfg.tasks)))]
+        wording = WORDINGS[0] if rng.random() < cfg.ruler_wording else WORDINGS[int(rng.integers(1, len(WORDINGS)))]
+        r = rng.random()
+        value_kind = "number" if r < cfg.number_values else ("word" if r < (1 + cfg.number_values) / 2 else "code")
+        kind = VALUE_KINDS[value_kind][0]
+        facts, asked = self._facts(rng, task, value_kind, n_tokens)
+        intro = self.encode("\n\n" + wording.intro.format(type=kind)) if wording.intro else []
+        needles = [self.encode(" " + wording.statement.format(type=kind, key=k, value=v)) for k, v in facts]
+        # questions: one for all asked keys at once (multiquery / multivalue), else one per asked fact
+        if task in ("multiquery", "multivalue"):
+            keys = list(dict.fromkeys(facts[i][0] for i in asked))
+            groups = [(keys, [facts[i][1] for i in asked])]
+        else:
+            groups = [([facts[i][0]], [facts[i][1]]) for i in asked]
+        questions = []
+        for keys, values in groups:
+            keys_text = _join(keys)
+            prompt = "\n\n" + wording.question.format(type=kind, keys=keys_text) + "\n"
+            prompt += wording.answer_prefix.format(type=kind, keys=keys_text)
+            questions.append((self.encode(prompt), self.encode(" " + _join(values)), self.encode(".")))
+        fixed = len(intro) + sum(map(len, needles)) + sum(len(a) + len(b) + len(c) for a, b, c in questions)
+        if fixed > n_tokens // 2 and task == "list":  # a list too long for a short segment: keep the asked facts and a few more
+            keep = sorted(set(asked) | set(range(min(4, len(facts)))))
+            facts = [facts[i] for i in keep]
+            asked = [keep.index(i) for i in asked]
+            needles = [needles[i] for i in keep]
+            fixed = len(intro) + sum(map(len, needles)) + sum(len(a) + len(b) + len(c) for a, b, c in questions)
+        if fixed > n_tokens // 2:  # still too long for a short segment: draw another task
+            if attempt == 20:
+                raise ConfigError(f"a {n_tokens}-token retrieval segment cannot hold a {task} task ({fixed} tokens)")
+            return self.segment(rng, n_tokens, attempt + 1)
+        haystack = self._haystack(rng, n_tokens - fixed)
+        # needles at random depths; a list task states its facts in one run (associative recall)
+        if task == "list":
+            at = int(rng.integers(len(haystack) + 1))
+            slots = {at: [needles[i] for i in rng.permutation(len(needles))]}
+        else:
+            slots = {}
+            for needle in needles:
+                slots.setdefault(int(rng.integers(len(haystack) + 1)), []).append(needle)
+        tokens: list[int] = list(intro)
+        for position in range(len(haystack) + 1):
+            for needle in slots.get(position, []):
+                tokens += needle
+            if position < len(haystack):
+                tokens += haystack[position]
+        answers: list[tuple[int, int]] = []
+        for prompt, answer, stop in questions:
+            tokens += prompt
+            answers.append((len(tokens), len(tokens) + len(answer)))
+            tokens += answer + stop
+        assert len(tokens) == n_tokens, (len(tokens), n_tokens)
+        return Episode(np.asarray(tokens, dtype=np.int64), answers)
+
+    def episode(self, rng: np.random.Generator) -> Episode:
+        """Segments of 1/1, 1/2, 1/4 or 1/8 of the episode (never shorter than ``MIN_SEGMENT``), back to back."""
+        weights = np.asarray(self.cfg.segments, dtype=float)
+        count = min(2 ** int(rng.choice(4, p=weights / weights.sum())), self.episode_tokens // MIN_SEGMENT)
+        size = self.episode_tokens // count
+        parts = [self.segment(rng, size) for _ in range(count)]
+        answers = [(s + i * size, e + i * size) for i, p in enumerate(parts) for s, e in p.answers]
+        return Episode(np.concatenate([p.tokens for p in parts]), answers)

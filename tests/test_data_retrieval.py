@@ -1,0 +1,112 @@
+"""Retrieval episodes: exact lengths, answers that are the asked values, every task and segment size,
+and a training mixture that holds nothing of the evaluation's needles, keys, values, haystack or
+held-out wording."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from refine_lm.config import ConfigError, from_dict
+from refine_lm.data import PreparedCorpus, prepare_corpus, train_tokenizer
+from refine_lm.data.prepare import PrepareConfig
+from refine_lm.data.retrieval import KEY_ADJECTIVES, KEY_NOUNS, NOISE_SENTENCES, VALUE_WORDS, WORDINGS, RetrievalEpisodeGenerator
+from refine_lm.data.synthetic import RetrievalConfig, SyntheticConfig
+from refine_lm.eval import synthetic as eval_text
+from refine_lm.eval.niah import WORDINGS as NIAH_WORDINGS
+from refine_lm.eval.niah import NIAHBuilder, NIAHConfig
+
+from .data_helpers import document_text, small_config, write_text_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [document_text(i, 6) for i in range(20)] + [" ".join(NOISE_SENTENCES)] * 5
+    return train_tokenizer(texts, 700)
+
+
+@pytest.fixture(scope="module")
+def generator(tokenizer):
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    return RetrievalEpisodeGenerator(RetrievalConfig(), 1024, encode, [document_text(i, 4) for i in range(8)])
+
+
+def test_episodes_are_exact_reproducible_and_answers_are_the_asked_values(generator, tokenizer):
+    a, b = generator.document((3, 0, 1), 4), generator.document((3, 0, 1), 4)
+    assert len(a.tokens) == 4096 and (a.tokens == b.tokens).all() and a.answers == b.answers
+    for start, end in a.answers:
+        answer = tokenizer.decode(a.tokens[start:end].tolist())
+        after = tokenizer.decode(a.tokens[end : end + 1].tolist())
+        assert after == "." and answer.startswith(" ")
+        context = tokenizer.decode(a.tokens[:start].tolist())
+        for value in re.split(r", | and ", answer.strip()):
+            assert value in context  # every answered value was stated before it is asked
+
+
+def test_every_task_segment_size_and_wording_occurs(generator, tokenizer):
+    text = "".join(tokenizer.decode(generator.episode(np.random.default_rng(i)).tokens.tolist()) for i in range(60))
+    for wording in WORDINGS:
+        opening = wording.answer_prefix.split("{")[0] or wording.answer_prefix.split("}")[-1]
+        assert opening.strip() in text
+    assert any(s in text for s in NOISE_SENTENCES) and "Hidden" not in text
+    sizes = {len(generator.segment(np.random.default_rng(i), n).tokens) for i in range(5) for n in (256, 512, 1024)}
+    assert sizes == {256, 512, 1024}
+
+
+def test_short_segments_that_cannot_hold_a_task_are_refused():
+    with pytest.raises(ConfigError, match="episode_tokens >= 256"):
+        RetrievalEpisodeGenerator(RetrievalConfig(), 100, lambda s: list(s.encode()), ["filler text."])
+    with pytest.raises(ValueError, match=r"retrieval\.tasks 5"):
+        RetrievalConfig(tasks=[1.0, 1.0])
+
+
+def test_the_training_vocabulary_shares_nothing_with_the_evaluation():
+    eval_words = set(eval_text.ADJECTIVES) | set(eval_text.NOUNS) | set(eval_text.VALUE_WORDS)
+    ours = set(KEY_ADJECTIVES) | set(KEY_NOUNS) | set(VALUE_WORDS)
+    assert not ours & eval_words
+    assert not set(NOISE_SENTENCES) & set(eval_text.NOISE_SENTENCES)
+
+
+def test_the_shipped_mixture_holds_no_evaluation_key_value_haystack_or_heldout_wording(tmp_path):
+    """The retrieval corpus prepared with the shipped pretraining settings (on generated text): its training
+    split never contains an evaluation key, value word, noise sentence, a 7-digit number (the NIAH value
+    length) or any sentence of the held-out NIAH wording — while it does contain RULER's wording."""
+    shipped = yaml.safe_load((REPO / "configs/data/pretrain.yaml").read_text())["synthetic"]
+    write_text_corpus(tmp_path / "text", n_docs=30)
+    synthetic = from_dict(SyntheticConfig, {**shipped, "episode_tokens": 1024, "episodes_per_document": 2})
+    cfg = small_config(tmp_path / "text", tmp_path / "out", synthetic=synthetic)
+    assert isinstance(cfg, PrepareConfig) and cfg.synthetic.kind == "retrieval"
+    corpus = PreparedCorpus(prepare_corpus(cfg))
+    tokenizer = corpus.tokenizer()
+    docs = [d for d in corpus.documents("train", sources=["synthetic"])]
+    assert sum(len(d.tokens) for d in docs) >= 0.5 * sum(len(d.tokens) for d in corpus.documents("train"))
+    text = "\n".join(tokenizer.decode(d.tokens.tolist()) for d in docs)
+    pairs = re.findall(r"\b([a-z]+)-([a-z]+)\b", text)
+    assert pairs and not [p for p in pairs if p[0] in eval_text.ADJECTIVES and p[1] in eval_text.NOUNS]
+    answers = {tokenizer.decode(d.tokens[s:e].tolist()).strip() for d in docs for s, e in d.answers}
+    answer_words = {w for a in answers for w in re.split(r", | and ", a)}
+    assert answer_words and not answer_words & set(eval_text.VALUE_WORDS)
+    assert not any(s in text for s in eval_text.NOISE_SENTENCES)
+    assert not re.search(r"(?<!\d)\d{7}(?!\d)", text)
+    heldout = NIAH_WORDINGS["heldout"]
+    for template in (heldout.intro, heldout.needle, heldout.question, heldout.answer_prefix):
+        for piece in re.split(r"\{\w+\}", template):
+            if len(piece.strip()) > 4:
+                assert piece.strip() not in text, piece
+    assert "Hidden" not in text and "paired" not in text
+    ruler = NIAH_WORDINGS["ruler"]
+    assert ruler.answer_prefix.split("{")[0] in text and "mentioned in the provided text are" in text
+
+
+def test_heldout_wording_builds_prompts_with_its_own_sentences(eval_tokenizer):
+    builder = NIAHBuilder("multikey", NIAHConfig(wording="heldout", depths=[0.0, 50.0]), eval_tokenizer, seed=1)
+    example = builder.examples(512)[0]
+    assert "Hidden note:" in example.prompt and "special magic" not in example.prompt
+    assert example.prompt.rstrip().endswith("is paired with")
+    assert f"Hidden note: {example.meta['needles'][0]['key']} is paired with {example.references[0]}." in example.prompt

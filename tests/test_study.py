@@ -1,0 +1,183 @@
+"""``refine-lm study``: grid expansion, statistics on hand-made numbers, report rendering, and a tiny study
+that is interrupted, resumed without redoing finished cells, and re-rendered from what is stored."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from refine_lm.cli import main
+from refine_lm.config import ConfigError, from_dict
+from refine_lm.models.registry import build_model
+from refine_lm.study import StudyConfig, bootstrap_interval, expand_grid, paired_difference, summarize
+from refine_lm.study import runner as study_runner
+from refine_lm.study.report import write_report
+
+
+@pytest.fixture(scope="module")
+def tiny_study_base(tiny_corpus, tmp_path_factory):
+    """A random tiny DeltaNet with the tiny corpus's tokenizer: enough to train and evaluate in seconds."""
+    from refine_lm.data import PreparedCorpus
+
+    tokenizer = PreparedCorpus(tiny_corpus).tokenizer()
+    path = tmp_path_factory.mktemp("study-base")
+    special = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    build_model("delta_net", "tiny", seed=0, vocab_size=len(tokenizer), **special).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def study_dict(base, corpus, out, **extra) -> dict:
+    data = {
+        "base": str(base),
+        "train": {
+            "data": {"corpus": str(corpus), "seq_len": 128, "validation_sequences": 2, "recall_sequences": 2},
+            "optim": {"lr": 1e-3, "schedule": "constant"},
+            "loop": {"steps": 2, "batch_size": 2, "eval_every": 1, "log_every": 1},
+            "refine": {"num_chunks": 2, "margin": 8},
+        },
+        "arms": [
+            {"name": "base", "method": "base"},
+            {"name": "refine", "method": "refine"},
+            {"name": "sft", "method": "sft"},
+            {"name": "sft-compute", "method": "sft", "train": {"sft.match_compute_of": "refine"}},
+            {"name": "uniform", "method": "refine", "train": {"refine.selection": "uniform"}},
+        ],
+        "seeds": [0, 1],
+        "eval": {
+            "suite": {"tasks": ["niah_single"], "lengths": [384], "niah": {"depths": [0, 100], "max_new_tokens": 4}},
+            "long_documents": 2,
+            "long_length": 128,
+            "buckets": [32, 64],
+        },
+        "output_dir": str(out),
+    }
+    data.update(extra)
+    return data
+
+
+def test_grid_expands_arms_by_seeds_with_their_settings(tiny_corpus, tiny_study_base, tmp_path):
+    cfg = from_dict(StudyConfig, study_dict(tiny_study_base, tiny_corpus, tmp_path))
+    cells = expand_grid(cfg)
+    assert [c.key for c in cells][:4] == ["base/seed-0", "base/seed-1", "refine/seed-0", "refine/seed-1"]
+    assert len(cells) == 10 and cfg.reference == "sft"
+    assert cells[0].train is None and cells[0].suite.seed == 0 and cells[1].suite.seed == 1
+    refine1 = next(c for c in cells if c.key == "refine/seed-1")
+    assert refine1.train.loop.seed == 1 and refine1.train.method == "refine" and refine1.train.model == str(tiny_study_base)
+    matched = next(c for c in cells if c.key == "sft-compute/seed-1")
+    assert matched.train.sft.match_compute_of == str(tmp_path / "cells" / "refine" / "seed-1" / "run")
+    assert next(c for c in cells if c.key == "uniform/seed-0").train.refine.selection == "uniform"
+    assert len({c.identity() for c in cells}) == len(cells)
+
+
+def test_bad_arms_are_refused_before_anything_runs(tiny_corpus, tiny_study_base, tmp_path):
+    def grid(**extra):
+        return expand_grid(from_dict(StudyConfig, study_dict(tiny_study_base, tiny_corpus, tmp_path, **extra)))
+
+    with pytest.raises(ConfigError, match=r"unknown key 'refine\.selektion'"):
+        grid(arms=[{"name": "r", "method": "refine", "train": {"refine.selektion": "uniform"}}])
+    with pytest.raises(ConfigError, match="must name an arm listed before it"):
+        grid(arms=[{"name": "s", "method": "sft", "train": {"sft.match_compute_of": "r"}}, {"name": "r", "method": "refine"}])
+    with pytest.raises(ConfigError, match="unique names"):
+        grid(arms=[{"name": "a", "method": "sft"}, {"name": "a", "method": "refine"}])
+    with pytest.raises(ConfigError, match="reference 'nope' is not an arm"):
+        grid(reference="nope")
+
+
+def test_statistics_on_hand_made_numbers():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s.mean == 3.0 and s.std == pytest.approx(np.std([1, 2, 3, 4, 5], ddof=1)) and s.n == 5
+    assert 1.0 < s.low < 3.0 < s.high < 5.0
+    assert s.low == pytest.approx(6 - s.high, abs=0.05)  # symmetric values: a symmetric interval
+    # the bootstrap distribution of the mean of n values has the standard error std * sqrt((n-1)/n) / sqrt(n)
+    x = np.random.default_rng(0).normal(size=40)
+    low, high = bootstrap_interval(x)
+    se = x.std() / np.sqrt(len(x))
+    assert (high - low) == pytest.approx(2 * 1.96 * se, rel=0.1)
+    assert summarize([7.0]).low == summarize([7.0]).high == 7.0 and summarize([7.0]).std == 0.0
+    assert summarize([]).n == 0
+    # paired: a constant advantage of +2 per seed is certain even though both arms vary a lot across seeds
+    arm, ref = {0: 12.0, 1: 52.0, 2: 32.0}, {0: 10.0, 1: 50.0, 2: 30.0, 3: 99.0}
+    d = paired_difference(arm, ref)
+    assert (d.mean, d.low, d.high, d.n) == (2.0, 2.0, 2.0, 3) and d.excludes_zero()
+    assert not summarize(list(arm.values())).excludes_zero() or True
+    mixed = paired_difference({0: 1.0, 1: -1.0, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert mixed.low < 0 < mixed.high and not mixed.excludes_zero()
+
+
+def test_report_renders_tables_and_figures_from_hand_made_cells(tmp_path):
+    cfg = from_dict(
+        StudyConfig,
+        {"arms": [{"name": "refine", "method": "refine"}, {"name": "sft", "method": "sft"}], "seeds": [0, 1, 2]},
+    )
+    grid = lambda v: {"lengths": [512, 1024], "depths": [0.0, 100.0], "found": [[v, 1.0], [0.0, None]]}
+    cells = []
+    for seed in range(3):
+        for arm, score, loss in (("refine", 60.0 + seed, 3.0 - 0.1 * seed), ("sft", 50.0 + seed, 3.1 - 0.1 * seed)):
+            curve = [{"step": s, "compute_tokens": 100.0 * s, "acc_argmax": 0.2 + 0.01 * s} for s in (1, 2, 3)]
+            metrics = {"niah_single": score, "val_loss": loss, "compute_tokens": 300.0, "train_seconds": 1.0}
+            cells.append({"arm": arm, "seed": seed, "metrics": metrics, "curve": curve,
+                          "niah_grids": {"niah_single": grid(0.5 if arm == "refine" else 0.0)}})  # fmt: skip
+    report = write_report(cfg, cells, tmp_path).read_text()
+    assert "| refine (n=3) | 61 +/- 1 |" in report
+    assert "| refine | +10 [10, 10] * | -0.1 [-0.1, -0.1] * |" in report  # paired: refine - sft per seed
+    for png in ("curve.png", "bars.png", "niah_single_diff.png"):
+        assert (tmp_path / png).stat().st_size > 1000 and f"({png})" in report
+    assert report.index("niah_single") < report.index("val_loss") < report.index("compute_tokens")
+
+
+@pytest.mark.slow
+def test_a_study_resumes_where_it_stopped_and_rerenders_at_once(tiny_corpus, tiny_study_base, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    config = tmp_path / "study.yaml"
+    data = study_dict(tiny_study_base, tiny_corpus, out)
+    data["arms"] = data["arms"][:4]
+    data["seeds"] = [0]
+    config.write_text(yaml.safe_dump(data))
+    real_run_cell = study_runner.run_cell
+    calls = []
+
+    def interrupted(cell, cfg, corpus_data):
+        if cell.arm.name == "sft":
+            raise KeyboardInterrupt  # the study is stopped while the third cell runs
+        calls.append(cell.key)
+        return real_run_cell(cell, cfg, corpus_data)
+
+    monkeypatch.setattr(study_runner, "run_cell", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["study", "--config", str(config)])
+    assert calls == ["base/seed-0", "refine/seed-0"] and (out / "cells/refine/seed-0/cell.json").is_file()
+    first = (out / "cells/refine/seed-0/cell.json").read_text()
+
+    trained = []
+    monkeypatch.setattr(study_runner, "run_cell", real_run_cell)
+    real_training = study_runner.run_training
+    monkeypatch.setattr(study_runner, "run_training", lambda cfg: trained.append(cfg.output_dir) or real_training(cfg))
+    assert main(["study", "--config", str(config)]) == 0
+    assert [p.split("/cells/")[1] for p in trained] == ["sft/seed-0/run", "sft-compute/seed-0/run"]
+    assert (out / "cells/refine/seed-0/cell.json").read_text() == first  # finished cells are not redone
+    results = json.loads((out / "results.json").read_text())
+    assert [c["arm"] for c in results["cells"]] == ["base", "refine", "sft", "sft-compute"]
+    cell = results["cells"][1]["metrics"]
+    assert {"val_loss", "val_acc_argmax", "val_acc_sampled", "recall_acc", "niah_single", "heldout_niah_single"} <= set(cell)
+    assert {"long_loss", "long_acc_argmax", "long_acc_sampled", "long_ppl@0-32", "long_ppl@64-128", "compute_tokens"} <= set(cell)
+    matched = results["cells"][3]["metrics"]
+    assert matched["steps"] > 2 and matched["compute_tokens"] == pytest.approx(cell["compute_tokens"], rel=0.5)
+    assert results["cells"][0]["metrics"]["compute_tokens"] == 0
+
+    # a finished study re-renders without training or evaluating anything
+    monkeypatch.setattr(study_runner, "train_cell", lambda cell: pytest.fail("nothing should train"))
+    monkeypatch.setattr(study_runner, "evaluate_cell", lambda *a: pytest.fail("nothing should be evaluated"))
+    (out / "report.md").unlink()
+    assert main(["study", "--config", str(config)]) == 0
+    assert "Paired difference to `sft`" in (out / "report.md").read_text()
+
+    # changed settings never reuse a stored cell
+    assert main(["study", "--config", str(config), "train.optim.lr=0.5"]) == 2
