@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from refine_lm.cli import main
 from refine_lm.models.registry import load_model
 
@@ -84,3 +86,27 @@ def test_bench_eval_runs_at_toy_sizes(tmp_path, capsys):
     assert "generated tokens/s" in capsys.readouterr().out
     result = json.loads(out.read_text())["results"]["delta_net"]["2"]
     assert result["generated_tokens"] == 4 and result["prompt_tokens"] > 500
+
+
+@pytest.mark.parametrize("command", ["demo", "generate", "data", "pretrain", "train", "eval", "study"])
+def test_help_lists_every_setting_with_its_type_default_and_doc(command, capsys):
+    import importlib
+
+    from refine_lm.config import describe_settings
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    module = importlib.import_module(f"refine_lm.cli.{command}")
+    flat = " ".join(text.split())
+    for config in module.CONFIGS.values():
+        for line in describe_settings(config):
+            key = line.split()[0]
+            assert " ".join(line.split()) in flat
+            assert key.endswith(".*:") or "): " in line, f"{key} has no documentation"
+    for key in ("loop.precision", "optim.lr"):
+        if command in ("pretrain", "train", "demo"):
+            assert f"  {key} (" in text
+    if command == "study":
+        assert "  arms[].method (base|refine|sft|nested-sft|answer-sft, default refine):" in text
+        assert "  train.refine.rollout_len (int" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -146,3 +147,80 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as plain data (for logs and for writing next to checkpoints)."""
     return dataclasses.asdict(config)
+
+
+# ----- --help: every setting with its type, default and documentation ------------------------------------
+def field_docs(cls: type) -> dict[str, str]:
+    """``name -> text`` from a dataclass docstring's ``name: text`` entries (``a / b: text`` documents both;
+    more-indented lines continue the entry above)."""
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    for line in (cls.__doc__ or "").splitlines():
+        entry = re.match(r"^ {4}([A-Za-z_][\w ,/]*?):\s+(.*)$", line)
+        if entry and all(re.fullmatch(r"\w+", n.strip()) for n in re.split(r"[/,]", entry.group(1))):
+            names = [n.strip() for n in re.split(r"[/,]", entry.group(1))]
+            for name in names:
+                docs[name] = entry.group(2).strip()
+        elif names and line.startswith(" " * 8) and line.strip():
+            for name in names:
+                docs[name] += " " + line.strip()
+        else:
+            names = []
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or null"
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe_settings(cls: type, prefix: str = "", instance: Any = None) -> list[str]:
+    """One line per setting of dataclass ``cls`` (nested sections as dotted keys): key, type, default, doc.
+    Defaults come from ``instance`` when given (a section's defaults as its parent sets them), else from the fields."""
+    docs, hints, lines = field_docs(cls), typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        value = getattr(instance, f.name) if instance is not None else _field_default(f)
+        tp = hints[f.name]
+        doc = docs.get(f.name, "")
+        if dataclasses.is_dataclass(tp):
+            section = doc if doc and not doc.startswith("see ") else _first_line(tp)
+            lines.append(f"  {prefix}{f.name}.*: {section}")
+            lines += describe_settings(tp, f"{prefix}{f.name}.", None if value is dataclasses.MISSING else value)
+            continue
+        shown = "(required)" if value is dataclasses.MISSING else json_default(value)
+        lines.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {shown})" + (f": {doc}" if doc else ""))
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
+        if item is not None and dataclasses.is_dataclass(item):  # a list of sections: the fields of one item
+            lines += describe_settings(item, f"{prefix}{f.name}[].")
+    return lines
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _first_line(cls: type) -> str:
+    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def json_default(value: Any) -> str:
+    """A default as one line of YAML flow style."""
+    if isinstance(value, (list, tuple)):
+        value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+    elif dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("...").strip()

@@ -6,7 +6,8 @@ flag become underscores; dotted keys reach nested sections; comma-separated valu
 Unknown keys and wrong types are refused before anything runs.
 
 A command lives in ``refine_lm/cli/<name>.py`` and provides ``run(args)`` (``args.config``,
-``args.overrides``) and, if it takes positional arguments, ``add_arguments(parser)``.
+``args.overrides``), ``CONFIGS`` (its config dataclasses, whose every setting ``--help`` lists with
+type, default and documentation) and, if it takes positional arguments, ``add_arguments(parser)``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..config import ConfigError
+from ..config import ConfigError, describe_settings
 from ..data.sources import DataError
 from ..train.checkpoint import CheckpointError
 from ..train.loop import TrainingError
@@ -38,12 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refine-lm", description="REFINE for fast-weight language models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module = importlib.import_module(f"{__name__}.{name}")
         if hasattr(module, "add_arguments"):
             module.add_arguments(sub)
         sub.add_argument("--config", metavar="FILE", help="YAML file with the command's settings")
         sub.epilog = "Settings: key=value or --key value after the command (and its positional arguments)."
+        for label, config in getattr(module, "CONFIGS", {}).items():
+            sub.epilog += f"\n\n{label}settings (dotted keys reach nested sections):\n" + "\n".join(describe_settings(config))
     return parser
 
 

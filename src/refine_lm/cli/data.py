@@ -7,6 +7,8 @@ from ..config import ConfigError, load_config
 from ..data import DataError, PrepareConfig, prepare_corpus
 from ..data.qa import QAFileConfig, write_qa_file
 
+CONFIGS = {"data prepare ": PrepareConfig, "data qa ": QAFileConfig}
+
 
 def add_arguments(parser) -> None:
     parser.add_argument(

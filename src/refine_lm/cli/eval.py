@@ -10,6 +10,8 @@ from ..config import ConfigError, load_config
 from ..eval.suite import EvalConfig, run_suite
 from .generate import resolve_model
 
+CONFIGS = {"": EvalConfig}
+
 
 def load_tokenizer(path: str):
     """The tokenizer saved in a directory (a model directory or a tokenizer-only one)."""

@@ -52,6 +52,9 @@ class GenerateConfig:
             raise ValueError("max_new_tokens and num_samples must be >= 1")
 
 
+CONFIGS = {"": GenerateConfig}
+
+
 class ByteTokenizer:
     """UTF-8 bytes as token ids, for models that come without a tokenizer."""
 

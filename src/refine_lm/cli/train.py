@@ -5,6 +5,8 @@ from __future__ import annotations
 from ..config import load_config
 from ..train.midtrain import TrainConfig, run_training
 
+CONFIGS = {"": TrainConfig}
+
 
 def run(args) -> None:
     run_training(load_config(TrainConfig, args.config, args.overrides))
