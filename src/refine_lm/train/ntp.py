@@ -9,13 +9,48 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..ops.lm_head import token_stats
+from ..ops.lm_head import token_logprobs, token_stats
 from .distributed import mean_over_ranks
 from .loop import StepRandom, mini_batch_rows
 
 
+class WeightedTokens:
+    """Token ids ``[B, L]`` with a loss weight for every predicted token: ``weights[:, t]`` weighs predicting
+    ``ids[:, t]`` (column 0 is never predicted). A batch the training loop can carry like a tensor."""
+
+    def __init__(self, ids: Tensor, weights: Tensor):
+        if weights.shape != ids.shape:
+            raise ValueError(f"weights {tuple(weights.shape)} must have the shape of ids {tuple(ids.shape)}")
+        self.ids, self.weights = ids, weights
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __getitem__(self, rows) -> WeightedTokens:
+        return WeightedTokens(self.ids[rows], self.weights[rows])
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.ids.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.ids.device
+
+    def numel(self) -> int:
+        return self.ids.numel()
+
+    def to(self, device) -> WeightedTokens:
+        return WeightedTokens(self.ids.to(device), self.weights.to(device))
+
+    def split(self, size: int) -> list[WeightedTokens]:
+        return [WeightedTokens(i, w) for i, w in zip(self.ids.split(size), self.weights.split(size))]
+
+
 class NextTokenObjective:
     """Mean cross-entropy over every predicted token (of the global batch), accumulated over micro-batches.
+    A :class:`WeightedTokens` batch makes it the weighted mean (e.g. answer tokens of retrieval episodes
+    weighing more); ``ntp_loss`` is logged unweighted either way.
 
     ``mini_batches`` > 1 splits each batch into that many optimiser updates (to match the number of
     updates per batch of a REFINE run, for step-matched comparisons): sequence i goes to update
@@ -29,11 +64,20 @@ class NextTokenObjective:
     def updates(self, model: nn.Module, batch: Tensor, rng: StepRandom) -> Iterator[list[tuple[Tensor, float]]]:
         for rows in mini_batch_rows(batch.shape[0], self.updates_per_step):
             mini = batch[rows.to(batch.device)]
-            predicted = mean_over_ranks(mini.shape[0] * (mini.shape[1] - 1))
+            if isinstance(mini, WeightedTokens):
+                predicted = mean_over_ranks(float(mini.weights[:, 1:].sum()))
+            else:
+                predicted = mean_over_ranks(mini.shape[0] * (mini.shape[1] - 1))
             yield [(micro, predicted) for micro in mini.split(self.micro_batch_size)]
 
-    def loss(self, model: nn.Module, micro: tuple[Tensor, float]) -> tuple[Tensor, dict[str, Any]]:
+    def loss(self, model: nn.Module, micro: tuple[Tensor | WeightedTokens, float]) -> tuple[Tensor, dict[str, Any]]:
         ids, predicted = micro
+        if isinstance(ids, WeightedTokens):
+            out = model(ids.ids, return_logits=False, return_hidden="all")
+            targets = ids.ids[:, 1:]
+            logp = token_logprobs(out.last_hidden_state[:, :-1], model.lm_head.weight, targets, slice_len=model.logits_slice_len)
+            loss = -(ids.weights[:, 1:].to(logp.dtype) * logp).sum() / predicted
+            return loss, {"ntp_loss": (float(-logp.detach().mean()), targets.numel())}
         out = model(ids, labels=ids, return_logits=False, return_hidden="none")
         return out.loss * (out.num_tokens / predicted), {"ntp_loss": (float(out.loss.detach()), out.num_tokens)}
 
