@@ -15,6 +15,15 @@ torch.set_num_threads(1)
 ARCHS = ["delta_net", "gated_deltanet", "lact"]
 
 
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(monkeypatch):
+    """``precision: auto`` resolves to fp32 in every test, whatever CPU runs them: results must not depend on
+    whether the machine has AMX / AVX512-BF16 (tests of the choice itself set the flags they need)."""
+    from refine_lm.ops import dtypes
+
+    monkeypatch.setattr(dtypes, "_cpu_flags", lambda: frozenset())
+
+
 def tiny_model(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides):
     """A tiny randomly initialised model; fp64 by default so equalities can be tight."""
     model = build_model(arch, "tiny", seed=seed, **overrides).to(dtype)
