@@ -8,7 +8,8 @@ Each segment is one self-contained task::
 
 - tasks: ``single`` (one needle, asked), ``multikey`` (the asked needle among needles with other
   keys), ``multiquery`` (several needles, all asked at once), ``multivalue`` (one key, several
-  values), ``list`` (a dense run of facts, several asked one at a time: associative recall);
+  values), ``list`` (a dense run of facts, then many of them asked one at a time by their answer
+  prefixes alone: associative recall drilled);
 - haystacks: corpus text (sentences of the split's own documents) or plain *noise* sentences
   cycled in a fixed order (a repetitive haystack, as RULER's noise haystack is);
 - keys: hyphenated word pairs, invented people, places and codes; values: digit strings of 3-9
@@ -204,13 +205,14 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         if task in ("single", "multikey"):
             asked = [int(rng.integers(n))]
         elif task == "list":
-            asked = [int(i) for i in rng.choice(n, size=int(rng.integers(1, min(n, 6) + 1)), replace=False)]
+            asked = [int(i) for i in rng.choice(n, size=int(rng.integers(1, min(n, self.cfg.max_asked) + 1)), replace=False)]
         else:
             asked = list(range(n))
         return facts, asked
 
     def segment(self, rng: np.random.Generator, n_tokens: int, attempt: int = 0) -> Episode:
-        """One task of exactly ``n_tokens`` tokens (its statements and questions take at most half of it)."""
+        """One task of exactly ``n_tokens`` tokens (its statements and questions take at most half of it, a list's
+        three quarters)."""
         cfg = self.cfg
         task = TASKS[int(rng.choice(len(TASKS), p=np.asarray(cfg.tasks) / sum(cfg.tasks)))]
         wording = WORDINGS[0] if rng.random() < cfg.ruler_wording else WORDINGS[int(rng.integers(1, len(WORDINGS)))]
@@ -229,17 +231,19 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         questions = []
         for keys, values in groups:
             keys_text = _join(keys)
-            prompt = "\n\n" + wording.question.format(type=kind, keys=keys_text) + "\n"
+            # a list is drilled by its answer prefixes alone (they name the key): many lookups per token
+            prompt = "\n" if task == "list" else "\n\n" + wording.question.format(type=kind, keys=keys_text) + "\n"
             prompt += wording.answer_prefix.format(type=kind, keys=keys_text)
             questions.append((self.encode(prompt), self.encode(" " + _join(values)), self.encode(".")))
         fixed = len(intro) + sum(map(len, needles)) + sum(len(a) + len(b) + len(c) for a, b, c in questions)
-        if fixed > n_tokens // 2 and task == "list":  # a list too long for a short segment: keep the asked facts and a few more
+        limit = n_tokens * 3 // 4 if task == "list" else n_tokens // 2
+        if fixed > limit and task == "list":  # a list too long for a short segment: keep the asked facts and a few more
             keep = sorted(set(asked) | set(range(min(4, len(facts)))))
             facts = [facts[i] for i in keep]
             asked = [keep.index(i) for i in asked]
             needles = [needles[i] for i in keep]
             fixed = len(intro) + sum(map(len, needles)) + sum(len(a) + len(b) + len(c) for a, b, c in questions)
-        if fixed > n_tokens // 2:  # still too long for a short segment: draw another task
+        if fixed > limit:  # still too long for a short segment: draw another task
             if attempt == 20:
                 raise ConfigError(f"a {n_tokens}-token retrieval segment cannot hold a {task} task ({fixed} tokens)")
             return self.segment(rng, n_tokens, attempt + 1)

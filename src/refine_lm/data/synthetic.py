@@ -47,6 +47,7 @@ class RetrievalConfig:
         uniformly from the others.
     number_values: share of segments with digit-string values (the rest: words and codes, equally).
     max_facts: facts in a ``list`` segment (at most; fewer when the segment is short).
+    max_asked: facts of a ``list`` segment asked, one question each (at most).
     """
 
     segments: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.2, 0.2])
@@ -55,6 +56,7 @@ class RetrievalConfig:
     ruler_wording: float = 0.35
     number_values: float = 0.6
     max_facts: int = 16
+    max_asked: int = 6
 
     def __post_init__(self) -> None:
         if len(self.segments) != 4 or len(self.tasks) != len(TASKS):
@@ -64,8 +66,8 @@ class RetrievalConfig:
         for name in ("noise_haystack", "ruler_wording", "number_values"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"retrieval.{name} must be in [0, 1]")
-        if self.max_facts < 2:
-            raise ValueError("retrieval.max_facts must be >= 2")
+        if self.max_facts < 2 or self.max_asked < 1:
+            raise ValueError("retrieval.max_facts must be >= 2 and retrieval.max_asked >= 1")
 
 
 @dataclass
