@@ -104,6 +104,7 @@ def test_token_ids_fit_their_storage_type():
 def test_templates_differ_from_the_evaluation_needles():
     for template in FACT_TEMPLATES + QUESTION_TEMPLATES:
         assert "special magic" not in template.lower() and "mentioned in the provided text" not in template.lower()
+        assert "hidden" not in template.lower() and "paired with" not in template.lower()  # the held-out NIAH wording
 
 
 def test_episodes_are_exact_and_reproducible():

@@ -73,8 +73,8 @@ def test_the_training_vocabulary_shares_nothing_with_the_evaluation():
     assert not set(NOISE_SENTENCES) & set(eval_text.NOISE_SENTENCES)
 
 
-def test_the_shipped_mixture_holds_no_evaluation_key_value_haystack_or_heldout_wording(tmp_path):
-    """The retrieval corpus prepared with the shipped pretraining settings (on generated text): its training
+def test_the_pretraining_mixture_holds_no_evaluation_key_value_haystack_or_heldout_wording(tmp_path):
+    """The retrieval corpus prepared with the settings of configs/data/pretrain.yaml (on generated text): its training
     split never contains an evaluation key, value word, noise sentence, a 7-digit number (the NIAH value
     length) or any sentence of the held-out NIAH wording — while it does contain RULER's wording."""
     shipped = yaml.safe_load((REPO / "configs/data/pretrain.yaml").read_text())["synthetic"]

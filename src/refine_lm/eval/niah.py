@@ -55,7 +55,7 @@ WORDINGS = {
         "What are all the special magic {type} for {keys} mentioned in the provided text?",
         "Answer: the special magic {type} for {keys} mentioned in the provided text are",
     ),
-    # a wording of this project's that no training data of its own uses (a test checks the shipped mixture):
+    # a wording of this project's that no training data of its own uses (a test checks the pretraining mixtures):
     # retrieval measured on phrasing a model has not seen
     "heldout": NIAHWording(
         "Hidden notes are scattered through the text below. Each pairs a name with some {type}.",
