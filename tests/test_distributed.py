@@ -135,7 +135,7 @@ def test_train_command_under_torchrun_matches_one_process(tiny_corpus, corpus_mo
 
     args = ["train", "--method", "refine", f"model={corpus_model}", f"data.corpus={tiny_corpus}", "data.seq_len=128"]
     args += ["loop.steps=2", "loop.batch_size=4", "loop.micro_batch_size=1", "refine.num_chunks=2", "refine.margin=8"]
-    args += ["optim.lr=1e-3", "data.validation_sequences=2", "data.recall_sequences=0"]
+    args += ["optim.lr=1e-3", "data.validation_sequences=2", "data.recall_sequences=0", "loop.precision=fp32"]
     assert main([*args, f"output_dir={tmp_path / 'one'}"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refine_lm"]
