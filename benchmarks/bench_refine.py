@@ -11,7 +11,7 @@ Measured side by side in one run, per sequence length: one optimiser step of
   each group trimmed to its own longest prefix, with activations recomputed in the backward pass,
 and the peak tensor memory of each step (``refine_lm.memory``).
 
-Targets (issue #5, L = 4096, c = 8, k = 5, n = 1): REFINE <= 2.0x SFT; reprefill / REFINE >= 5x.
+Targets (L = 4096, c = 8, k = 5, n = 1): REFINE <= 2.0x SFT; reprefill / REFINE >= 5x.
 Writes ``runs/bench/refine.json`` and prints two markdown tables (step time, peak memory).
 """
 

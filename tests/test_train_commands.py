@@ -34,7 +34,7 @@ def test_pretrain_exports_a_loadable_base_with_its_tokenizer(tiny_base):
 
 
 @pytest.mark.parametrize("method", ["refine", "sft"])
-def test_midtrain_logs_what_the_issue_asks(tiny_corpus, tiny_base, tmp_path, method):
+def test_midtrain_logs_losses_rewards_and_validation(tiny_corpus, tiny_base, tmp_path, method):
     out = tmp_path / method
     args = ["train", "--phase", "mid", "--method", method, f"model={tiny_base}", f"data.corpus={tiny_corpus}"]
     args += ["data.seq_len=128", "loop.steps=2", *LOOP, f"output_dir={out}", "optim.lr=1e-4"]

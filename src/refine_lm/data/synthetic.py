@@ -24,6 +24,7 @@ pairs or UUIDs: the NIAH evaluation is not trained on.
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -242,13 +243,13 @@ class Episode:
     answers: list[tuple[int, int]]  # token spans [start, end) of the answers, within the episode
 
 
-class EpisodeGenerator:
+class EpisodeGenerator(abc.ABC):
     """What the corpus builder asks of a generator: ``episode(rng)`` of exactly ``episode_tokens`` tokens."""
 
     episode_tokens: int
 
-    def episode(self, rng: np.random.Generator) -> Episode:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def episode(self, rng: np.random.Generator) -> Episode: ...
 
     def document(self, seed: tuple[int, ...], n_episodes: int) -> Episode:
         """``n_episodes`` episodes back to back; episode ``i`` is seeded by ``(*seed, i)``, so documents are reproducible."""
