@@ -24,8 +24,8 @@ from refine_lm.config import load_config
 from refine_lm.data import PreparedCorpus, SequenceDataset
 from refine_lm.models.registry import load_model
 from refine_lm.ops.dtypes import autocast, resolve_precision
+from refine_lm.refine.ntp import next_token_metrics
 from refine_lm.train.data import recall_accuracy
-from refine_lm.train.ntp import next_token_metrics
 
 
 @dataclass

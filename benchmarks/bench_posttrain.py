@@ -33,12 +33,12 @@ from refine_lm.eval.qa import load_qa_examples
 from refine_lm.eval.suite import EvalConfig, make_evaluator, run_suite
 from refine_lm.eval.ttt import TestTimeTrainer
 from refine_lm.models.registry import load_model
+from refine_lm.optim import OptimConfig
 from refine_lm.refine.objective import RefineConfig
 from refine_lm.train.checkpoint import list_checkpoints
 from refine_lm.train.loop import LoopConfig
 from refine_lm.train.metrics import read_metrics
 from refine_lm.train.midtrain import TrainConfig, run_training
-from refine_lm.train.optim import OptimConfig
 from refine_lm.train.posttrain import QADataConfig, answer_loss, encode_example
 
 

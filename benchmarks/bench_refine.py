@@ -29,10 +29,10 @@ import torch
 from refine_lm.cli.generate import resolve_model
 from refine_lm.config import load_config
 from refine_lm.memory import peak_memory_bytes
+from refine_lm.optim import OptimConfig, build_optimizer
+from refine_lm.refine.ntp import NextTokenObjective
 from refine_lm.refine.objective import RefineConfig, RefineObjective
-from refine_lm.train.loop import StepRandom
-from refine_lm.train.ntp import NextTokenObjective
-from refine_lm.train.optim import OptimConfig, build_optimizer
+from refine_lm.step_random import StepRandom
 
 
 @dataclass

@@ -21,12 +21,12 @@ import torch
 
 from refine_lm.cli.generate import resolve_model
 from refine_lm.config import load_config
+from refine_lm.optim import OptimConfig
+from refine_lm.ranks import is_main, reduce_metrics, world
+from refine_lm.refine.ntp import NextTokenObjective
 from refine_lm.refine.objective import RefineConfig, RefineObjective
-from refine_lm.train.distributed import is_main, reduce_metrics, world
 from refine_lm.train.loop import LoopConfig, train
 from refine_lm.train.metrics import read_metrics
-from refine_lm.train.ntp import NextTokenObjective
-from refine_lm.train.optim import OptimConfig
 
 
 @dataclass

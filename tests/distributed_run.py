@@ -19,12 +19,12 @@ import torch
 
 from refine_lm.data import StepBatchSampler
 from refine_lm.models.registry import build_model
+from refine_lm.optim import OptimConfig
+from refine_lm.ranks import world
+from refine_lm.refine.ntp import NextTokenObjective
 from refine_lm.refine.objective import RefineConfig, RefineObjective
-from refine_lm.train.distributed import world
 from refine_lm.train.loop import LoopConfig, train
 from refine_lm.train.nested import NestedObjective, QABatch
-from refine_lm.train.ntp import NextTokenObjective
-from refine_lm.train.optim import OptimConfig
 
 GLOBAL_BATCH, STEPS, LENGTH = 8, 4, 32
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from refine_lm.refine.ntp import NextTokenObjective, WeightedTokens
+from refine_lm.step_random import StepRandom
 from refine_lm.train.data import DataConfig, TrainingData
-from refine_lm.train.loop import StepRandom
-from refine_lm.train.ntp import NextTokenObjective, WeightedTokens
 
 from .conftest import random_ids, tiny_model
 

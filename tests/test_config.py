@@ -64,3 +64,9 @@ def test_lists_from_comma_separated_strings_and_single_items():
     assert load_config(Run, overrides=["lengths=4096"]).lengths == [4096]
     with pytest.raises(ConfigError, match=r"lengths\[1\]: expected an integer"):
         load_config(Run, overrides=["lengths=1,x"])
+
+
+def test_the_demo_file_and_the_demo_defaults_are_one_demo():
+    from refine_lm.demo import DemoConfig
+
+    assert load_config(DemoConfig, "configs/demo.yaml", []) == DemoConfig()

@@ -77,7 +77,7 @@ def test_parquet_missing_column_and_null_rows(tmp_path):
     pq.write_table(pa.table({"other": ["x", "y"]}), tmp_path / "b.parquet")
     docs, skips = read(SourceConfig("parquet", name="p", path=str(tmp_path), text_field="content", id_field="key"))
     assert [(d.doc_id, d.text) for d in docs] == [("p/k1", "one"), ("p/k3", "three")]
-    assert skipped(skips) == [(f"{tmp_path / 'a.parquet'} row 1", "null"), (str(tmp_path / "b.parquet"), "missing-column")]
+    assert skipped(skips) == [(f"{tmp_path / 'a.parquet'} row 2", "null"), (str(tmp_path / "b.parquet"), "missing-column")]
     assert "no column 'content' (columns: other); all 2 rows skipped" in str(skips.items[1])
 
 

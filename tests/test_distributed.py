@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from refine_lm.step_random import StepRandom, mini_batch_rows
 from refine_lm.train.checkpoint import list_checkpoints
-from refine_lm.train.loop import StepRandom, mini_batch_rows
 from refine_lm.train.metrics import read_metrics
 
 from .distributed_run import main as run_in_process

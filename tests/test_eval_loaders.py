@@ -7,9 +7,9 @@ import json
 import pytest
 
 from refine_lm.config import ConfigError
+from refine_lm.data.records import read_records, read_texts, write_records
 from refine_lm.eval.longbench import TASKS, load_longbench, score_longbench
 from refine_lm.eval.qa import load_qa_examples, score_qa, synthetic_qa_rows
-from refine_lm.eval.records import read_records, read_texts, write_records
 from refine_lm.eval.runner import Evaluator, Example, truncate_middle
 from refine_lm.models.registry import build_model
 
@@ -38,7 +38,7 @@ def test_qa_files_load_in_both_formats(tmp_path, suffix):
 
 def test_qa_bad_input_names_file_and_column(tmp_path):
     path = write_records([{"prompt": "x", "answers": ["y"]}], tmp_path / "bad.jsonl")
-    with pytest.raises(ConfigError, match=r"bad.jsonl: row 0 has no column 'answer'"):
+    with pytest.raises(ConfigError, match=r"bad.jsonl: row 1 has no column 'answer'"):
         load_qa_examples(path)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -49,7 +49,7 @@ def test_qa_bad_input_names_file_and_column(tmp_path):
     with pytest.raises(ConfigError, match=r"broken.jsonl:2: invalid JSON"):
         read_records(broken)
     wrong = write_records([{"prompt": "a", "answer": [1, 2]}], tmp_path / "wrong.parquet")
-    with pytest.raises(ConfigError, match=r"wrong.parquet: row 0, column 'answer'"):
+    with pytest.raises(ConfigError, match=r"wrong.parquet: row 1, column 'answer'"):
         load_qa_examples(wrong)
     with pytest.raises(FileNotFoundError, match=r"missing.jsonl"):
         load_qa_examples(tmp_path / "missing.jsonl")
@@ -126,11 +126,11 @@ def test_longbench_bad_input(tmp_path):
     rows = original_rows("trec")
     rows[1]["all_classes"] = []
     write_records(rows, tmp_path / "trec.jsonl")
-    with pytest.raises(ConfigError, match=r"trec.jsonl: row 1 \(trec\) has no 'all_classes'"):
+    with pytest.raises(ConfigError, match=r"trec.jsonl: row 2 \(trec\) has no 'all_classes'"):
         load_longbench(tmp_path, ["trec"])
     no_context = [{k: v for k, v in r.items() if k != "context"} for r in original_rows("lcc")]
     write_records(no_context, tmp_path / "lcc.jsonl")
-    with pytest.raises(ConfigError, match=r"lcc.jsonl: row 0 has no column 'context'"):
+    with pytest.raises(ConfigError, match=r"lcc.jsonl: row 1 has no column 'context'"):
         load_longbench(tmp_path, ["lcc"])
     bad_template = tmp_path / "t.json"
     bad_template.write_text(json.dumps({"hotpotqa": "{context} {question}"}))
@@ -143,7 +143,7 @@ def test_read_texts(tmp_path):
     write_records([{"text": "second"}, {"text": "third"}], tmp_path / "b.jsonl")
     assert read_texts(tmp_path) == ["first document", "second", "third"]
     write_records([{"body": "x"}], tmp_path / "c.jsonl")
-    with pytest.raises(ConfigError, match=r"c.jsonl: row 0 has no column 'text'"):
+    with pytest.raises(ConfigError, match=r"c.jsonl: row 1 has no column 'text'"):
         read_texts(tmp_path / "c.jsonl")
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from refine_lm.cli import main
+from refine_lm.data.records import write_records
 from refine_lm.eval.niah import NIAHBuilder, NIAHConfig, score_niah
 from refine_lm.eval.perplexity import bucket_edges, position_stats, summarise_perplexity
 from refine_lm.eval.qa import score_qa
-from refine_lm.eval.records import write_records
 from refine_lm.eval.runner import Evaluator, Example, ExampleCache, newline_token_ids
 from refine_lm.eval.suite import EvalConfig, fingerprint
 from refine_lm.eval.synthetic import filler_text
@@ -182,9 +182,11 @@ def test_refine_lm_eval_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert main(args) == 0  # everything cached: the same results again, nothing generated
     again = json.loads((out / "results.json").read_text())
     assert again["results"] == results and again["throughput"]["generated_tokens"] == 0
+    assert again["throughput"]["examples"] == 0 and again["throughput"]["cached_examples"] == report["throughput"]["examples"] > 0
 
 
-def test_cache_fingerprint_follows_the_weights(tmp_path, tiny_model_dir):
+def test_cache_fingerprint_follows_the_content_of_config_weights_and_tokenizer(tmp_path, tiny_model_dir):
+    import json as json_module
     import os
     import shutil
 
@@ -192,10 +194,21 @@ def test_cache_fingerprint_follows_the_weights(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, model_dir)
     cfg = EvalConfig(model=str(model_dir))
     before = fingerprint(cfg)
-    assert fingerprint(EvalConfig(model=str(model_dir))) == before
     weights = model_dir / "model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten in place
-    assert fingerprint(cfg) != before
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert fingerprint(cfg) == before  # touched, not changed: the cache stays valid
+    config = json_module.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json_module.dumps({**config, "norm_eps": 1e-5}))
+    assert fingerprint(cfg) != before  # a config.json edit changes outputs
+    changed_config = fingerprint(cfg)
+    tokenizer = model_dir / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"<|pad|>"', '"<|padding|>"'))
+    assert fingerprint(cfg) != changed_config
+    changed_tokenizer = fingerprint(cfg)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert fingerprint(cfg) != changed_tokenizer
     assert fingerprint(EvalConfig(model=str(model_dir), max_length=100)) != fingerprint(cfg)
 
 
@@ -217,7 +230,7 @@ def test_refine_lm_eval_bad_input(tmp_path, tiny_model_dir, capsys):
         str(tmp_path / "o"),
     ]
     assert main(args) == 2
-    assert "qa.jsonl: row 0 has no column 'answer'" in capsys.readouterr().err
+    assert "qa.jsonl: row 1 has no column 'answer'" in capsys.readouterr().err
     assert main(["eval", "--model", "random:delta_net:tiny"]) == 2
     assert "needs tokenizer=DIR" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path)]) == 2

@@ -256,3 +256,12 @@ def test_bf16_autocast_keeps_recurrence_in_fp32(arch):
     assert torch.allclose(out.loss.float(), reference.loss, atol=0.05)
     out.loss.backward()  # and it trains
     assert model.lm_head.weight.grad is not None
+
+
+@pytest.mark.parametrize("arch", ["delta_net", "gated_deltanet", "lact"])
+def test_a_config_setting_the_architecture_lacks_is_refused_by_name(arch):
+    from refine_lm.models.registry import build_config
+
+    assert build_config(arch, "tiny").num_hidden_layers == 2
+    with pytest.raises(ValueError, match="no config setting 'hidden_sise'"):
+        build_config(arch, "tiny", hidden_sise=32)

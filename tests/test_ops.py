@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from refine_lm.ops.conv import causal_conv1d, causal_conv1d_step, conv_cache_at
-from refine_lm.ops.delta_rule import chunk_delta_rule, delta_rule_step, l2_normalize, naive_delta_rule
+from refine_lm.ops.delta_rule import chunk_delta_rule, delta_rule_step, naive_delta_rule
 from refine_lm.ops.lm_head import IGNORE_INDEX, token_logprobs, token_stats
+from refine_lm.ops.norm import l2_normalize
 from refine_lm.ops.sampling import filter_logits, inverse_cdf, sample_tokens
 from refine_lm.state import StateQuery
 
@@ -17,7 +18,7 @@ F64 = torch.float64
 def delta_inputs(B=2, T=37, H=3, dk=8, dv=6, gated=False, seed=0, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, T, H, dk, generator=g, dtype=F64)
-    k = l2_normalize(torch.randn(B, T, H, dk, generator=g, dtype=F64))
+    k = l2_normalize(torch.randn(B, T, H, dk, generator=g, dtype=F64), 1e-6, squared=True)
     v = torch.randn(B, T, H, dv, generator=g, dtype=F64)
     beta = torch.rand(B, T, H, generator=g, dtype=F64)
     decay = -torch.rand(B, T, H, generator=g, dtype=F64) if gated else None

@@ -13,8 +13,8 @@ from refine_lm.data import PreparedCorpus
 from refine_lm.models.registry import build_model, load_model
 from refine_lm.ops.lm_head import IGNORE_INDEX
 from refine_lm.refine.objective import RefineConfig
+from refine_lm.step_random import StepRandom
 from refine_lm.train.checkpoint import list_checkpoints, load_trainer_state
-from refine_lm.train.loop import StepRandom
 from refine_lm.train.metrics import read_metrics
 from refine_lm.train.midtrain import TrainConfig, run_training
 from refine_lm.train.nested import NestedObjective, QABatch, answer_sft_inputs
@@ -139,7 +139,7 @@ def test_post_training_logs_and_validates(qa_base, tiny_corpus, tmp_path, method
     validation = [r for r in records if r["split"] == "validation"]
     assert {"answer_loss", "qa_acc"} <= set(validation[-1])
     state = load_trainer_state(list_checkpoints(out)[-1])
-    assert state["config"]["refine"]["reward"] == "hybrid"  # the post-training default (SPEC 2.8)
+    assert state["config"]["refine"]["reward"] == "hybrid"  # the post-training default (ALGORITHM.md §2.8)
 
 
 def test_post_training_from_a_ruler_qa_file(qa_base, tiny_corpus, tmp_path):

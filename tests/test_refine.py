@@ -11,7 +11,7 @@ from refine_lm.refine.grpo import clipped_policy_loss, grpo_advantages, k3_kl
 from refine_lm.refine.objective import RefineConfig, RefineMicroBatch, RefineObjective
 from refine_lm.refine.rewards import RewardInputs, cosine_reward, exact_reward, hybrid_reward, resolve_reward
 from refine_lm.refine.selection import select_positions, smooth_entropy, smoothing_window
-from refine_lm.train.loop import StepRandom
+from refine_lm.step_random import StepRandom
 
 from .conftest import ARCHS, random_ids, tiny_model
 

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from refine_lm.models.registry import build_model
+from refine_lm.optim import OptimConfig, lr_factor
+from refine_lm.refine.ntp import NextTokenObjective, next_token_metrics
 from refine_lm.train.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
 from refine_lm.train.loop import LoopConfig, TrainingError, train
 from refine_lm.train.metrics import read_metrics
-from refine_lm.train.ntp import NextTokenObjective, next_token_metrics
-from refine_lm.train.optim import OptimConfig, lr_factor
 
 
 def periodic_batch(step: int, batch: int = 4, length: int = 32, period: int = 3, vocab: int = 16) -> torch.Tensor:
@@ -126,8 +126,8 @@ SCRIPT = textwrap.dedent(
     from refine_lm.models.registry import build_model
     from refine_lm.refine.objective import RefineConfig, RefineObjective
     from refine_lm.train.loop import LoopConfig, train
-    from refine_lm.train.ntp import NextTokenObjective
-    from refine_lm.train.optim import OptimConfig
+    from refine_lm.refine.ntp import NextTokenObjective
+    from refine_lm.optim import OptimConfig
 
     out, kill_at, method = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 

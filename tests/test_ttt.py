@@ -121,7 +121,9 @@ def test_eval_cli_with_ttt_reports_costs_and_never_reuses_plain_answers(tiny_mod
     args += ["--qa-max-new-tokens", "4", "--output-dir", str(out), "--progress", "false"]
     assert main([*args, "--ttt", "refine", "--ttt-steps", "1", "--ttt-lr", "1e-3", "--ttt-refine.margin", "8"]) == 0
     report = json.loads((out / "results.json").read_text())
-    assert report["ttt"]["method"] == "refine" and report["ttt"]["refine"]["reward"] == "exact"  # SPEC 2.8 test-time default
+    assert (
+        report["ttt"]["method"] == "refine" and report["ttt"]["refine"]["reward"] == "exact"
+    )  # the test-time default, ALGORITHM.md §2.8
     assert report["ttt"]["refine"]["lambda_rl"] == 0.4
     cost = report["results"]["synthetic_qa"]["ttt"]
     assert cost["examples"] == 2 and cost["seconds_per_example"] > 0 and cost["peak_bytes_max"] > 0

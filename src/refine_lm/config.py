@@ -68,6 +68,14 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
+def _yaml_item(text: str, source: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: {key}: {text!r} is not a valid value ({problem})") from None
+
+
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, recursively; errors name ``source`` and the dotted key."""
     if not isinstance(data, dict):
@@ -112,7 +120,7 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
         return from_dict(tp, value if value is not None else {}, source, key + ".")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str):  # "a,b,c" from the command line
-            value = [yaml.safe_load(v.strip()) for v in value.split(",") if v.strip()]
+            value = [_yaml_item(v.strip(), source, key) for v in value.split(",") if v.strip()]
         elif not isinstance(value, (list, tuple)):
             value = [value]  # a single item
         item = args[0] if args else Any

@@ -21,13 +21,13 @@ from .config import ConfigError, to_dict
 from .eval.niah import NIAHConfig
 from .eval.suite import EvalConfig, run_suite
 from .models.registry import load_model
+from .optim import OptimConfig
 from .refine.objective import RefineConfig
 from .train.checkpoint import list_checkpoints
 from .train.data import DataConfig, TrainingData
 from .train.loop import LoopConfig
 from .train.metrics import read_metrics
 from .train.midtrain import SFTConfig, TrainConfig, midtrain
-from .train.optim import OptimConfig
 
 
 @dataclass
@@ -43,14 +43,16 @@ class DemoConfig:
     """
 
     base: str = "bases/delta_net"
-    data: DataConfig = field(default_factory=lambda: DataConfig(seq_len=1024, validation_sequences=32, recall_sequences=32))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant"))
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=30, batch_size=4, eval_every=0))
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(corpus="runs/data/default", seq_len=1024, validation_sequences=16, recall_sequences=16)
+    )
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, schedule="constant"))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=20, batch_size=4, eval_every=0))
     refine: RefineConfig = field(default_factory=RefineConfig)
     niah_tasks: list[str] = field(default_factory=lambda: ["niah_single", "niah_multikey"])
     niah_lengths: list[int] = field(default_factory=lambda: [512, 1024])
     niah: NIAHConfig = field(
-        default_factory=lambda: NIAHConfig(depths=[0, 25, 50, 75, 100], samples_per_depth=2, max_new_tokens=16)
+        default_factory=lambda: NIAHConfig(depths=[0, 25, 50, 75, 100], samples_per_depth=1, max_new_tokens=16)
     )
     output_dir: str = "runs/demo"
 

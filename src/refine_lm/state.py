@@ -202,3 +202,10 @@ class StateQuery(NamedTuple):
 
     rows: Tensor
     lengths: Tensor
+
+    def check(self, batch_size: int, length: int) -> None:
+        """Raise unless every row is in ``[0, batch_size)`` and every length in ``[0, length]``."""
+        if self.rows.numel() and (int(self.rows.min()) < 0 or int(self.rows.max()) >= batch_size):
+            raise ValueError(f"state query rows must be in [0, {batch_size}), got {self.rows.tolist()}")
+        if self.lengths.numel() and (int(self.lengths.min()) < 0 or int(self.lengths.max()) > length):
+            raise ValueError(f"state query lengths must be in [0, {length}], got {self.lengths.tolist()}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from ..config import ConfigError, load_config
+from ..data.tokenizer import check_vocabulary, load_tokenizer
 from ..models.registry import ARCHITECTURES, PRESETS, build_model, load_model
 from ..ops.dtypes import Precision, autocast, resolve_precision
 
@@ -20,8 +20,8 @@ class GenerateConfig:
 
     model: a checkpoint directory, or ``random:<arch>[:<preset>]`` (e.g. ``random:delta_net:tiny``)
         for a freshly initialised model.
-    prompt: text to continue (tokenised with the checkpoint's tokenizer, or as UTF-8 bytes when
-        the model has none).
+    prompt: text to continue (tokenised with the checkpoint's tokenizer; as UTF-8 bytes for a
+        ``random:`` model).
     max_new_tokens: tokens to generate per sample.
     num_samples: continuations generated together, as one batch.
     do_sample / temperature / top_p / top_k: sampling (greedy when do_sample is false).
@@ -80,14 +80,14 @@ def resolve_model(spec: str, seed: int):
 
 
 def resolve_tokenizer(spec: str, vocab_size: int):
-    path = Path(spec)
-    if path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-    if vocab_size < 256:
-        raise ConfigError(f"model {spec!r} has no tokenizer and a vocabulary of {vocab_size} < 256: cannot encode text as bytes")
-    return ByteTokenizer()
+    """The checkpoint's tokenizer; UTF-8 bytes only for a ``random:`` model, which has none."""
+    if spec.startswith("random:"):
+        if vocab_size < 256:
+            raise ConfigError(f"model {spec!r} has a vocabulary of {vocab_size} < 256: cannot encode text as bytes")
+        return ByteTokenizer()
+    tokenizer = load_tokenizer(spec)
+    check_vocabulary(tokenizer, vocab_size, spec)
+    return tokenizer
 
 
 def run(args) -> None:

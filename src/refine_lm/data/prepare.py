@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, to_dict
 from .retrieval import RetrievalEpisodeGenerator
-from .sources import DataError, SkipLog, SourceConfig, SourceMissing, describe_source, read_source
+from .sources import DataError, SkipLog, SourceConfig, SourceMissing, describe_source, read_source, source_files
 from .synthetic import FillerReservoir, RecallEpisodeGenerator, SyntheticConfig
 from .tokenizer import encode_texts, end_of_document_id, load_tokenizer, save_tokenizer, train_tokenizer, vocab_size
 
@@ -166,6 +166,21 @@ def _config_fingerprint(cfg: PrepareConfig) -> dict:
     return settings
 
 
+def _changed_files(before: dict[str, dict[str, str]], now: dict[str, dict[str, str]]) -> list[str]:
+    changes = []
+    for name in sorted(set(before) | set(now)):
+        old, new = before.get(name, {}), now.get(name, {})
+        for kind, files in (
+            ("added", sorted(set(new) - set(old))),
+            ("removed", sorted(set(old) - set(new))),
+            ("changed", sorted(f for f in set(old) & set(new) if old[f] != new[f])),
+        ):
+            if files:
+                shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+                changes.append(f"source {name!r}: {kind} {shown}")
+    return changes
+
+
 def prepare_corpus(cfg: PrepareConfig) -> Path:
     """Build the prepared corpus described by ``cfg`` and return its directory.
 
@@ -176,10 +191,17 @@ def prepare_corpus(cfg: PrepareConfig) -> Path:
     output = Path(cfg.output)
     if (output / "manifest.json").is_file() and not cfg.overwrite:
         manifest = json.loads((output / "manifest.json").read_text())
-        if manifest.get("settings") == json.loads(json.dumps(_config_fingerprint(cfg))):
-            print(f"{output}: already prepared with these settings (manifest.json); overwrite=true rebuilds it")
-            return output
-        raise ConfigError(f"{output} holds a corpus prepared with other settings: choose another output or set overwrite=true")
+        if manifest.get("settings") != json.loads(json.dumps(_config_fingerprint(cfg))):
+            raise ConfigError(
+                f"{output} holds a corpus prepared with other settings: choose another output or set overwrite=true"
+            )
+        changes = _changed_files(manifest.get("source_files", {}), {s.name: source_files(s) for s in cfg.sources})
+        if changes:
+            raise ConfigError(
+                f"{output} was prepared from other source files ({'; '.join(changes)}): set overwrite=true to rebuild it"
+            )
+        print(f"{output}: already prepared with these settings and files (manifest.json); overwrite=true rebuilds it")
+        return output
     if output.exists() and not cfg.overwrite and any(output.iterdir()):
         raise ConfigError(f"{output} exists and is not empty: choose another output or set overwrite=true")
 
@@ -212,7 +234,8 @@ def _active_sources(cfg: PrepareConfig) -> tuple[list[SourceConfig], list[dict]]
             next(iter(read_source(source, SkipLog())), None)  # fails fast when not installed
         except SourceMissing as e:
             if not source.optional:
-                raise SourceMissing(f"source {source.name!r}: {e}") from None
+                prefix = f"source {source.name!r}: "
+                raise SourceMissing(str(e) if str(e).startswith(prefix) else prefix + str(e)) from None
             print(f"warning: optional source {source.name!r} left out: {e}", file=sys.stderr)
             missing.append({**describe_source(source), "missing": str(e)})
             continue
@@ -308,6 +331,7 @@ def _prepare_into(cfg: PrepareConfig, out: Path) -> dict:
         "skipped": skips.to_json(),
         "seeds": {"split_seed": cfg.split_seed, "synthetic_seed": cfg.synthetic.seed},
         "settings": _config_fingerprint(cfg),
+        "source_files": {s.name: source_files(s) for s in sources},
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

@@ -18,7 +18,7 @@ suite reads them as ``ruler_qa`` files and the post-trainer can train on them or
 
 Training examples come from the train split, held-out ones from the validation or test split, so
 the texts never overlap (documents are split by id). The wording is this project's own: it is
-unlike the NIAH needles of the evaluation (SPEC 6) and the recall episodes mixed into the corpus
+unlike the NIAH needles of the evaluation (ALGORITHM.md §6) and the recall episodes mixed into the corpus
 (``synthetic.py``), whose source is never used as context.
 """
 
@@ -264,7 +264,7 @@ class QAFileConfig:
 
 def write_qa_file(cfg: QAFileConfig) -> Path:
     """Generate ``cfg.examples`` rows and write them to ``cfg.output``."""
-    from ..eval.records import write_records
+    from .records import write_records
 
     rows = FactQAGenerator(cfg.corpus, cfg.split, cfg.qa).rows(cfg.examples, cfg.seed)
     path = write_records(rows, cfg.output)

@@ -9,7 +9,9 @@ Each segment is one self-contained task::
 - tasks: ``single`` (one needle, asked), ``multikey`` (the asked needle among needles with other
   keys), ``multiquery`` (several needles, all asked at once), ``multivalue`` (one key, several
   values), ``list`` (a dense run of facts, then many of them asked one at a time by their answer
-  prefixes alone: associative recall drilled);
+  prefixes alone: associative recall drilled), ``drill`` (facts back to back filling most of the
+  segment, then every one of them asked by its answer prefix, in another order: a lookup every
+  dozen tokens, the densest signal there is for learning the lookup itself);
 - haystacks: corpus text (sentences of the split's own documents) or plain *noise* sentences
   cycled in a fixed order (a repetitive haystack, as RULER's noise haystack is);
 - keys: hyphenated word pairs, invented people, places and codes; values: digit strings of 3-9
@@ -184,6 +186,7 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
             "multiquery": int(rng.integers(2, 5)),
             "multivalue": int(rng.integers(2, 5)),
             "list": int(rng.integers(4, max(5, min(self.cfg.max_facts, n_tokens // 48)) + 1)),
+            "drill": n_tokens // 16,  # more than fit: segment() keeps as many as the segment holds
         }[task]
         keys: list[str] = []
         for _ in range(50 * n):
@@ -206,6 +209,8 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
             asked = [int(rng.integers(n))]
         elif task == "list":
             asked = [int(i) for i in rng.choice(n, size=int(rng.integers(1, min(n, self.cfg.max_asked) + 1)), replace=False)]
+        elif task == "drill":
+            asked = [int(i) for i in rng.permutation(n)]
         else:
             asked = list(range(n))
         return facts, asked
@@ -232,11 +237,19 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         for keys, values in groups:
             keys_text = _join(keys)
             # a list is drilled by its answer prefixes alone (they name the key): many lookups per token
-            prompt = "\n" if task == "list" else "\n\n" + wording.question.format(type=kind, keys=keys_text) + "\n"
+            prompt = "\n" if task in ("list", "drill") else "\n\n" + wording.question.format(type=kind, keys=keys_text) + "\n"
             prompt += wording.answer_prefix.format(type=kind, keys=keys_text)
             questions.append((self.encode(prompt), self.encode(" " + _join(values)), self.encode(".")))
         fixed = len(intro) + sum(map(len, needles)) + sum(len(a) + len(b) + len(c) for a, b, c in questions)
-        limit = n_tokens * 3 // 4 if task == "list" else n_tokens // 2
+        limit = {"list": n_tokens * 3 // 4, "drill": n_tokens * 15 // 16}.get(task, n_tokens // 2)
+        if task == "drill":  # keep the facts that fit, every one of them asked
+            cost = [len(needles[i]) + sum(map(len, questions[asked.index(i)])) for i in range(len(facts))]
+            keep = max(2, int(np.searchsorted(np.cumsum(cost), limit - len(intro), side="right")))
+            order = [i for i in asked if i < keep]
+            facts, needles = facts[:keep], needles[:keep]
+            questions = [questions[asked.index(i)] for i in order]
+            asked = order
+            fixed = len(intro) + sum(map(len, needles)) + sum(len(a) + len(b) + len(c) for a, b, c in questions)
         if fixed > limit and task == "list":  # a list too long for a short segment: keep the asked facts and a few more
             keep = sorted(set(asked) | set(range(min(4, len(facts)))))
             facts = [facts[i] for i in keep]
@@ -249,7 +262,9 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
             return self.segment(rng, n_tokens, attempt + 1)
         haystack = self._haystack(rng, n_tokens - fixed)
         # needles at random depths; a list task states its facts in one run (associative recall)
-        if task == "list":
+        if task == "drill":  # facts first, the rest of the haystack between them and the questions
+            slots = {0: needles}
+        elif task == "list":
             at = int(rng.integers(len(haystack) + 1))
             slots = {at: [needles[i] for i in rng.permutation(len(needles))]}
         else:

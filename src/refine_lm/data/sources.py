@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import ConfigError
+from ..files import sha256_file
 
 SourceKind = Literal["shakespeare", "kjv", "janeausten", "python_docs", "text", "jsonl", "parquet"]
 USER_KINDS = ("text", "jsonl", "parquet")
@@ -426,7 +427,7 @@ def _read_parquet(cfg: SourceConfig, skips: SkipLog) -> Iterator[Document]:
             texts = batch.column(cfg.text_field).to_pylist()
             ids = batch.column(cfg.id_field).to_pylist() if cfg.id_field else [None] * len(texts)
             for value, id_value in zip(texts, ids):
-                where = f"{path} row {row}"
+                where = f"{path} row {row + 1}"
                 text = _text_value(cfg, where, value, skips, True, columns)
                 if text is not None:
                     yield Document(_record_id(cfg, name, f"row{row}", id_value), text)
@@ -446,6 +447,18 @@ def read_source(cfg: SourceConfig, skips: SkipLog) -> Iterator[Document]:
         if cfg.max_documents is not None and n >= cfg.max_documents:
             return
         yield doc
+
+
+def source_files(cfg: SourceConfig) -> dict[str, str]:
+    """``{file: sha256}`` of a source of your files (empty for a built-in corpus, or a source that is not there):
+    what a prepared corpus was built from, so changed, added or removed files are noticed."""
+    if cfg.kind in BUILTIN_CORPORA:
+        return {}
+    try:
+        files = _user_files(cfg)
+    except SourceMissing:
+        return {}
+    return {_doc_name(cfg, path): sha256_file(path) for path in files}
 
 
 def describe_source(cfg: SourceConfig) -> dict:

@@ -16,7 +16,7 @@ Episodes are assembled in token space, so their length is exact and the token sp
 answer is known (``answers``, stored with the document): a training window that is a multiple of
 ``episode_tokens`` (and starts at a multiple of it, as windows do) always holds whole episodes.
 
-The wording is deliberately unlike the evaluation needles of SPEC section 6 ("One of the special
+The wording is deliberately unlike the evaluation needles of ALGORITHM.md §6 ("One of the special
 magic {type} for {key} is: {value}." / "What are all the special magic {type} for {key} mentioned
 in the provided text?"), the values are never 7-digit numbers or UUIDs, and keys are never word
 pairs or UUIDs: the NIAH evaluation is not trained on.
@@ -34,7 +34,7 @@ import numpy as np
 
 from ..config import ConfigError
 
-TASKS = ("single", "multikey", "multiquery", "multivalue", "list")  # the tasks of retrieval episodes
+TASKS = ("single", "multikey", "multiquery", "multivalue", "list", "drill")  # the tasks of retrieval episodes
 
 
 @dataclass
@@ -52,7 +52,7 @@ class RetrievalConfig:
     """
 
     segments: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.2, 0.2])
-    tasks: list[float] = field(default_factory=lambda: [0.3, 0.25, 0.15, 0.1, 0.2])
+    tasks: list[float] = field(default_factory=lambda: [0.3, 0.25, 0.15, 0.1, 0.2, 0.0])
     noise_haystack: float = 0.4
     ruler_wording: float = 0.35
     number_values: float = 0.6

@@ -96,8 +96,14 @@ def load_tokenizer(path: str | Path):
     path = tokenizer_dir(path)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"tokenizer {path}: cannot be loaded with AutoTokenizer: {e}") from None
+    except Exception as e:  # a malformed tokenizer.json surfaces as whatever its parser raises
+        raise ConfigError(f"tokenizer {path}: cannot be loaded with AutoTokenizer ({type(e).__name__}: {e})") from None
+
+
+def check_vocabulary(tokenizer, vocab_size: int, model: str | Path) -> None:
+    """Refuse a tokenizer with ids the model has no embedding for."""
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(f"{model}: the tokenizer has {len(tokenizer)} tokens, more than the model's vocab_size {vocab_size}")
 
 
 def copy_tokenizer(source: str | Path, checkpoint_dir: str | Path) -> Path:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..data.records import TABLE_SUFFIXES, read_records, require_columns, string_list
 from .metrics import classification_match, code_fuzzy_ratio, rouge_l, token_f1
-from .records import TABLE_SUFFIXES, read_records, require_columns, string_list
 from .runner import Example
 
 
@@ -135,7 +135,7 @@ def load_longbench(
             name = row.get("task" if prebuilt else "dataset") or (file.stem if file.stem in TASKS else None)
             if name is None:
                 column = "task" if prebuilt else "dataset"
-                raise ConfigError(f"{file}: row {index} has no {column!r} column and the file name does not name a task")
+                raise ConfigError(f"{file}: row {index + 1} has no {column!r} column and the file name does not name a task")
             if name not in datasets:
                 continue
             task = TASKS[name]
@@ -143,7 +143,7 @@ def load_longbench(
                 prompt = row["prompt"]
                 max_new_tokens = row.get("max_gen_tokens") or task.max_new_tokens
                 if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-                    raise ConfigError(f"{file}: row {index}, column 'max_gen_tokens': expected a positive integer")
+                    raise ConfigError(f"{file}: row {index + 1}, column 'max_gen_tokens': expected a positive integer")
             else:
                 try:
                     prompt = templates[name].format(context=row["context"], input=row["input"])
@@ -154,7 +154,7 @@ def load_longbench(
                 max_new_tokens = task.max_new_tokens
             classes = row.get("all_classes") or []
             if task.metric == "classification" and not classes:
-                raise ConfigError(f"{file}: row {index} ({name}) has no 'all_classes': TREC's score needs the class names")
+                raise ConfigError(f"{file}: row {index + 1} ({name}) has no 'all_classes': TREC's score needs the class names")
             examples.append(
                 Example(
                     id=f"{row.get('_id') or row.get('id') or f'{file.name}/{index}'}",

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..data.records import TABLE_SUFFIXES, read_records, require_columns, string_list
 from .metrics import contains_any
-from .records import TABLE_SUFFIXES, read_records, require_columns, string_list
 from .runner import Example
 from .synthetic import ADJECTIVES, NOUNS, fit_count, words
 

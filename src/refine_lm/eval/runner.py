@@ -119,8 +119,11 @@ class ExampleCache:
 
 @dataclass
 class Throughput:
-    """Tokens and seconds spent reading prompts (prefill) and generating (decode)."""
+    """Tokens and seconds spent reading prompts (prefill) and generating (decode), over the examples this run
+    answered (``examples``); ``cached_examples`` were answered by an earlier run and cost nothing here."""
 
+    examples: int = 0
+    cached_examples: int = 0
     prompt_tokens: int = 0
     prefill_seconds: float = 0.0
     generated_tokens: int = 0
@@ -128,6 +131,8 @@ class Throughput:
 
     def as_dict(self) -> dict[str, float]:
         return {
+            "examples": self.examples,
+            "cached_examples": self.cached_examples,
             "prompt_tokens": self.prompt_tokens,
             "prefill_seconds": self.prefill_seconds,
             "prefill_tokens_per_s": self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0,
@@ -246,6 +251,8 @@ class Evaluator:
         keys = [cache.example_key(e) if cache else str(i) for i, e in enumerate(examples)]
         done = {k: cache.records[k] for k in keys if cache and k in cache.records}
         pending = [(k, e) for k, e in zip(keys, examples) if k not in done]
+        self.throughput.examples += len(pending)
+        self.throughput.cached_examples += len(keys) - len(pending)
         if pending:
             encoded = {k: self.encode(e) for k, e in pending}
             # batches of one generation setting, longest prompts first (less padding, early out-of-memory)

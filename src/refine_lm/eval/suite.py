@@ -19,12 +19,14 @@ from typing import Any, Literal
 import torch
 
 from ..config import ConfigError
+from ..data.records import read_texts
+from ..data.tokenizer import TOKENIZER_FILES
+from ..files import sha256_file
 from ..ops.dtypes import Precision, resolve_precision
 from ..refine.objective import RefineConfig
 from . import longbench, niah, plots, qa
 from .niah import NIAHConfig
 from .perplexity import PerplexityConfig, bucket_edges, evaluate_perplexity, summarise_perplexity
-from .records import read_texts
 from .runner import Evaluator, Example, ExampleCache, Scorer, mean
 
 NIAH_TASKS = tuple(f"niah_{v}" for v in niah.VARIANTS)
@@ -149,19 +151,30 @@ class EvalConfig:
             raise ValueError("LongBench tasks need longbench_path (a file or directory of LongBench data)")
 
 
+def _digest(directory: Path) -> dict[str, str]:
+    """sha256 of the files of ``directory`` that decide a model's outputs: its config, weights and tokenizer files."""
+    wanted = {"config.json", *TOKENIZER_FILES}
+    out = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and (path.name in wanted or path.suffix in (".safetensors", ".bin", ".pt")):
+            out[path.name] = sha256_file(path)
+    return out
+
+
 def fingerprint(cfg: EvalConfig) -> str:
-    """What identifies answers in the cache besides the prompt: model (path and weight files, so a checkpoint
-    rewritten in place is not mistaken for the old one), tokenizer and generation settings."""
+    """What identifies answers in the cache besides the prompt: the model and tokenizer directories by the content
+    of every file that decides outputs (config.json, weights, tokenizer files: a checkpoint rewritten in place
+    is never mistaken for the old one), and every generation setting."""
     keys = ("model", "tokenizer", "max_length", "do_sample", "temperature", "top_p", "seed", "precision", "backend")
     identity = {k: getattr(cfg, k) for k in keys}
     identity["precision"] = resolve_precision(cfg.precision, cfg.device)  # what "auto" means on this machine
     if cfg.ttt != "none":  # adapted answers are other answers
         ttt_keys = ("ttt", "ttt_steps", "ttt_lr", "ttt_mode", "ttt_params", "ttt_refine")
         identity.update({k: asdict(v) if k == "ttt_refine" else v for k in ttt_keys for v in [getattr(cfg, k)]})
-    model_dir = Path(cfg.model)
-    if model_dir.is_dir():
-        weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
-        identity["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    for key in ("model", "tokenizer"):
+        directory = Path(getattr(cfg, key) or "")
+        if getattr(cfg, key) and directory.is_dir():
+            identity[f"{key}_files"] = _digest(directory)
     return json.dumps(identity, sort_keys=True)
 
 
@@ -219,6 +232,8 @@ def _summary(records: Sequence[dict[str, Any]], by: str | None = "length") -> di
 def run_suite(cfg: EvalConfig, model, tokenizer, evaluator: Evaluator | None = None) -> dict[str, Any]:
     """Run every task of ``cfg`` and write results, table and figures into ``cfg.output_dir``."""
     out_dir = Path(cfg.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output_dir {out_dir} is a file")
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluator = evaluator or make_evaluator(cfg, model, tokenizer)
     tasks = expand_tasks(cfg.tasks)

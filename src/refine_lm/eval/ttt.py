@@ -1,4 +1,4 @@
-"""Test-time training (SPEC 5): before answering a prompt, a few REFINE (+ NTP) or NTP steps on its own text.
+"""Test-time training (ALGORITHM.md §5): before answering a prompt, a few REFINE (+ NTP) or NTP steps on its own text.
 
 :class:`TestTimeTrainer` is an :class:`~refine_lm.eval.runner.Evaluator` whose ``generate`` first
 adapts the model to each prompt — ``steps`` optimiser updates of the REFINE objective (rollouts
@@ -39,10 +39,10 @@ from torch import nn
 
 from ..config import ConfigError
 from ..memory import peak_memory_bytes
+from ..optim import OptimConfig, build_optimizer
+from ..refine.ntp import NextTokenObjective
 from ..refine.objective import RefineConfig, RefineObjective
-from ..train.loop import StepRandom
-from ..train.ntp import NextTokenObjective
-from ..train.optim import OptimConfig, build_optimizer
+from ..step_random import StepRandom
 from .runner import Evaluator
 
 TTTMethod = Literal["refine", "ntp"]
@@ -69,12 +69,12 @@ def select_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
 class TestTimeTrainer(Evaluator):
     """An evaluator that adapts the model to each prompt before answering it (see the module docstring).
 
-    method: ``refine`` (REFINE objective, default reward ``exact``, lambda_ntp 1 / lambda_rl 0.4) or ``ntp``.
+    method: ``refine`` (the REFINE objective at the test-time defaults, ALGORITHM.md §2.8) or ``ntp``.
     steps: adaptation steps per prompt (each one optimiser update for NTP, ppo_epochs * mini_batches for REFINE).
     lr: AdamW learning rate (constant); betas, weight decay and gradient clipping are ``optim``'s.
     mode: ``episodic`` or ``accumulating``.
     params: regexes of the parameters to adapt, or ``["all"]``.
-    refine: REFINE's settings (unset ``reward`` / ``lambda_rl`` take the test-time defaults: exact, 0.4).
+    refine: REFINE's settings (unset ``reward`` / ``lambda_rl`` take the test-time defaults).
     optim: AdamW settings other than the learning rate.
     memory_every: on CPU, measure the peak memory of every n-th adapted example (0: never); on CUDA, of all.
     Other keyword arguments are :class:`Evaluator`'s.
@@ -105,8 +105,9 @@ class TestTimeTrainer(Evaluator):
         if steps < 1:
             raise ConfigError(f"ttt_steps must be >= 1, got {steps}")
         self.method, self.steps, self.mode = method, steps, mode
-        self.refine_cfg = (refine or RefineConfig()).for_phase("test")
-        self.objective = RefineObjective(self.refine_cfg, 1) if method == "refine" else NextTokenObjective(1)
+        refine_objective = RefineObjective(refine or RefineConfig(), 1, phase="test")
+        self.refine_cfg = refine_objective.cfg
+        self.objective = refine_objective if method == "refine" else NextTokenObjective(1)
         self.optim_cfg = dataclasses.replace(optim or OptimConfig(), lr=lr)
         self.adapted = select_parameters(model, params)
         parameters = dict(model.named_parameters())

@@ -50,6 +50,14 @@ class GatedRMSNorm(RMSNorm):
         return (upcast(y) * F.silu(upcast(gate))).to(x.dtype)
 
 
+class OwnInitialisation:
+    """A module with parameters that are not Linear, Embedding or norm weights, initialised its own way:
+    the models' weight initialisation calls ``init_own_parameters`` on every such module."""
+
+    def init_own_parameters(self) -> None:
+        raise NotImplementedError
+
+
 class ShortConvolution(nn.Conv1d):
     """Holds the ``[D, 1, K]`` depthwise kernel of a causal short convolution (applied by :mod:`refine_lm.ops.conv`)."""
 

@@ -20,13 +20,15 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import initialization as init
 
 from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_cache_at
-from ..ops.delta_rule import chunk_delta_rule, delta_rule_step, l2_normalize, naive_delta_rule
+from ..ops.delta_rule import chunk_delta_rule, delta_rule_step, naive_delta_rule
 from ..ops.dtypes import upcast
 from ..ops.fla_backend import fla_delta_rule, fla_usable
+from ..ops.norm import l2_normalize
 from ..state import DeltaRuleState, StateQuery
-from .common import GatedRMSNorm, Recurrence, RMSNorm, ShortConvolution
+from .common import GatedRMSNorm, OwnInitialisation, Recurrence, RMSNorm, ShortConvolution
 
 _QK_ACTIVATIONS = {
     "silu": F.silu,
@@ -103,7 +105,7 @@ class DeltaRuleMixer(nn.Module, abc.ABC):
         q, k = (t.unflatten(-1, (self.num_heads, self.head_k_dim)) for t in (q, k))
         v = v.unflatten(-1, (self.num_v_heads, self.head_v_dim))
         if self.qk_norm == "l2":
-            q, k = l2_normalize(upcast(q)), l2_normalize(upcast(k))
+            q, k = l2_normalize(upcast(q), 1e-6, squared=True), l2_normalize(upcast(k), 1e-6, squared=True)
         else:  # "sum"
             q, k = q / q.sum(-1, keepdim=True), k / k.sum(-1, keepdim=True)
         if self.num_v_heads > self.num_heads:
@@ -206,7 +208,7 @@ class DeltaNet(DeltaRuleMixer):
         return (2 * beta if self.allow_neg_eigval else beta), None
 
 
-class GatedDeltaNet(DeltaRuleMixer):
+class GatedDeltaNet(DeltaRuleMixer, OwnInitialisation):
     """Gated DeltaNet (Yang et al., 2025), as flash-linear-attention's ``fla.layers.GatedDeltaNet``."""
 
     def __init__(self, config, layer_idx: int | None = None):
@@ -230,9 +232,12 @@ class GatedDeltaNet(DeltaRuleMixer):
         self.dt_bias = nn.Parameter(torch.empty(self.num_v_heads))
         self.A_log._no_weight_decay = True
         self.dt_bias._no_weight_decay = True
-        with torch.no_grad():
-            self.A_log.copy_(self.initial_A_log())
-            self.dt_bias.copy_(self.initial_dt_bias())
+        self.init_own_parameters()
+
+    def init_own_parameters(self) -> None:
+        # transformers' init functions leave parameters loaded from a checkpoint alone
+        init.copy_(self.A_log, self.initial_A_log().to(self.A_log.device))
+        init.copy_(self.dt_bias, self.initial_dt_bias().to(self.dt_bias.device))
 
     def initial_A_log(self) -> Tensor:
         """Decay rates A ~ U(0, 16) (flash-linear-attention's initialisation)."""

@@ -41,20 +41,20 @@ from ..ops.lact import (
     chunk_fast_weights,
     fast_weight_step,
     inverse_softplus,
-    l2_normalize,
     rotary,
     rotary_tables,
     window_attention,
     window_attention_step,
 )
+from ..ops.norm import l2_normalize
 from ..state import FastWeightMemory, LaCTState, StateQuery, WindowCache
-from .common import Recurrence, RMSNorm
+from .common import OwnInitialisation, Recurrence, RMSNorm
 
 BASE_LR = 1e-3  # the learning rate at initialisation (zero lr_proj): softplus(0 + softplus^-1(BASE_LR))
 SUBLAYER_NORM_EPS = 1e-5  # q_norm, k_norm and ttt_norm are flash-linear-attention RMSNorms with its default eps
 
 
-class LowRankFastWeight(nn.Module):
+class LowRankFastWeight(nn.Module, OwnInitialisation):
     """An initial fast weight ``w_left @ w_right + I / 2`` per head (lact_llm's ``w0_w2_low_rank``)."""
 
     def __init__(self, num_heads: int, out_features: int, in_features: int, rank: int, init_gain: float):
@@ -73,7 +73,7 @@ class LowRankFastWeight(nn.Module):
         return self.w_left @ self.w_right + 0.5 * eye
 
 
-class LaCT(nn.Module):
+class LaCT(nn.Module, OwnInitialisation):
     """LaCT layer: sliding-window attention plus large-chunk test-time-trained SwiGLU fast weights."""
 
     def __init__(self, config, layer_idx: int | None = None):
@@ -170,7 +170,8 @@ class LaCT(nn.Module):
         q, k, v = rotary(attention_heads(q), cos, sin), rotary(attention_heads(k), cos, sin), attention_heads(v)
         if self.qkv_silu:
             fq, fk, fv = F.silu(fq), F.silu(fk), F.silu(fv)
-        fq, fk, fv = l2_normalize(fw_heads(fq)), l2_normalize(fw_heads(fk)), fw_heads(fv)
+        fq, fk = (l2_normalize(fw_heads(t), 1e-5, squared=False) for t in (fq, fk))
+        fv = fw_heads(fv)
         if not self.ttt_nope:  # the fast q, k get the attention heads' rotation, head_dim channels at a time
             regroup = lambda t: fw_heads(rotary(attention_heads(t.flatten(-2)), cos, sin).flatten(-2))
             fq, fk = regroup(fq), regroup(fk)

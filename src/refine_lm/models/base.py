@@ -15,8 +15,9 @@ turns it into a Hugging Face model with the API the REFINE trainer stands on:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,13 +25,34 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ..layers.common import GatedMLP, Recurrence, RMSNorm, ShortConvolution
+from ..layers.common import GatedMLP, OwnInitialisation, Recurrence, RMSNorm, ShortConvolution
 from ..ops.dtypes import compute_dtype
 from ..ops.lm_head import IGNORE_INDEX, token_logprobs
 from ..ops.sampling import sample_tokens
 from ..state import ModelState, StateQuery
 
 HiddenMode = Literal["all", "last", "none"]
+# settings PretrainedConfig itself takes (and writes to config.json)
+_BASE_CONFIG_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings")
+
+
+class FastWeightConfig(PretrainedConfig):
+    """A Hugging Face config whose settings and defaults are one table, ``fields`` (names as the reference
+    library's, so its config.json files load). A setting passed that is not in the table is kept, as
+    Hugging Face configs keep unknown keys; :func:`~refine_lm.models.registry.build_config` refuses them."""
+
+    fields: ClassVar[dict[str, Any]] = {}
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+
+    def __init__(self, **kwargs):
+        base = {}
+        for name, default in self.fields.items():
+            value = kwargs.pop(name, copy.deepcopy(default))
+            if name in _BASE_CONFIG_FIELDS:
+                base[name] = value
+            else:
+                setattr(self, name, value)
+        super().__init__(**base, **kwargs)
 
 
 class FastWeightBlock(nn.Module):
@@ -73,10 +95,7 @@ class FastWeightPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
-        if hasattr(module, "initial_A_log"):  # Gated DeltaNet decay parameters
-            init.copy_(module.A_log, module.initial_A_log().to(module.A_log.device))
-            init.copy_(module.dt_bias, module.initial_dt_bias().to(module.dt_bias.device))
-        if hasattr(module, "init_own_parameters"):  # parameters a layer initialises its own way (LaCT's fast weights)
+        if isinstance(module, OwnInitialisation):  # e.g. Gated DeltaNet's decays, LaCT's initial fast weights
             module.init_own_parameters()
 
 
@@ -249,13 +268,7 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
             never needs them).
         return_hidden: ``all`` hidden states, only the ``last`` real one per row, or ``none``.
         """
-        unknown = set(kwargs) - _IGNORED_HF_KWARGS
-        if unknown:
-            raise TypeError(f"forward() got unexpected arguments: {sorted(unknown)}")
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape {tuple(input_ids.shape)}")
-        if return_hidden not in ("all", "last", "none"):
-            raise ValueError(f"return_hidden must be 'all', 'last' or 'none', got {return_hidden!r}")
+        _check_forward_inputs(input_ids, return_hidden, kwargs)
         B, L = input_ids.shape
         device = input_ids.device
         self.compute_tokens += B * L * (3 if torch.is_grad_enabled() else 1)
@@ -266,29 +279,8 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
         if left_padded:  # read left-padded rows as right-padded ones: real tokens first
             input_ids = _shift_rows(input_ids, starts)
             labels = None if labels is None else _shift_rows(labels, starts)
-
-        targets = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
-            targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), IGNORE_INDEX)], dim=1)
-            beyond = torch.arange(L, device=device)[None, :] >= (lengths - 1)[:, None]
-            targets = targets.masked_fill(beyond, IGNORE_INDEX)
-
-        # queries: the final state of rows shorter than L, then the requested positions
-        query_rows, query_lengths = [], []
-        need_final_query = padding is not None
-        if need_final_query:
-            query_rows.append(torch.arange(B, device=device))
-            query_lengths.append(lengths)
-        num_positions = 0
-        if state_positions is not None:
-            positions = _check_positions(state_positions, starts, lengths, B)
-            num_positions = positions.shape[1]
-            query_rows.append(torch.arange(B, device=device).repeat_interleave(num_positions))
-            query_lengths.append(positions.reshape(-1))
-        rows = torch.cat(query_rows) if query_rows else None
-        prefix = torch.cat(query_lengths) if query_lengths else None
+        targets = None if labels is None else _next_token_targets(labels, input_ids, lengths)
+        plan = _QueryPlan.build(padding is not None, state_positions, starts, lengths, B)
 
         hidden_pieces: list[Tensor] = []
         last_hidden = None
@@ -299,12 +291,7 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
         num_tokens = 0
         for s0 in range(0, L, self.segment_len):
             s1 = min(L, s0 + self.segment_len)
-            query = None
-            if rows is not None:
-                inside = ((prefix > s0) & (prefix <= s1)) | ((prefix == 0) & (s0 == 0))
-                idx = inside.nonzero()[:, 0]
-                if idx.numel():
-                    query = StateQuery(rows[idx], prefix[idx] - s0)
+            idx, query = plan.inside(s0, s1)
             out = self.model(input_ids[:, s0:s1], state=state, query=query, recurrence=self.recurrence)
             state = out.state
             if query is not None:
@@ -319,15 +306,7 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
                 seg_targets = targets[:, s0:s1]
                 nll = nll - token_logprobs(h, self.lm_head.weight, seg_targets, slice_len=self.logits_slice_len).sum()
                 num_tokens += int((seg_targets != IGNORE_INDEX).sum())
-
-        final_state, position_states = state, None
-        if found:
-            order = torch.cat([i for i, _ in found])
-            answers = ModelState.cat([s for _, s in found]).index(torch.argsort(order))
-            if need_final_query:
-                final_state = answers.index(slice(0, B))
-            if num_positions:
-                position_states = answers.index(slice(B if need_final_query else 0, None))
+        final_state, position_states = plan.answers(found, state, B)
 
         hidden = None
         if return_hidden == "all":
@@ -433,6 +412,75 @@ class FastWeightForCausalLM(FastWeightPreTrainedModel):
             hidden_states=torch.stack(hiddens, dim=1) if return_hidden else None,
             state=state if return_state else None,
         )
+
+
+def _check_forward_inputs(input_ids: Tensor, return_hidden: str, kwargs: dict) -> None:
+    unknown = set(kwargs) - _IGNORED_HF_KWARGS
+    if unknown:
+        raise TypeError(f"forward() got unexpected arguments: {sorted(unknown)}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape {tuple(input_ids.shape)}")
+    if return_hidden not in ("all", "last", "none"):
+        raise ValueError(f"return_hidden must be 'all', 'last' or 'none', got {return_hidden!r}")
+
+
+def _next_token_targets(labels: Tensor, input_ids: Tensor, lengths: Tensor) -> Tensor:
+    """``labels`` shifted left by one (Hugging Face style), ignored from each row's last real token on."""
+    if labels.shape != input_ids.shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+    B, L = labels.shape
+    targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), IGNORE_INDEX)], dim=1)
+    beyond = torch.arange(L, device=labels.device)[None, :] >= (lengths - 1)[:, None]
+    return targets.masked_fill(beyond, IGNORE_INDEX)
+
+
+@dataclass
+class _QueryPlan:
+    """The states one forward must return: each padded row's final state (``with_final``), then the states
+    at the requested positions, row-major; as (row, prefix length) pairs answered segment by segment."""
+
+    rows: Tensor | None
+    prefix: Tensor | None
+    with_final: bool
+    num_positions: int
+
+    @classmethod
+    def build(cls, with_final: bool, state_positions: Tensor | None, starts: Tensor, lengths: Tensor, B: int) -> _QueryPlan:
+        device = lengths.device
+        rows, prefix = [], []
+        if with_final:
+            rows.append(torch.arange(B, device=device))
+            prefix.append(lengths)
+        num_positions = 0
+        if state_positions is not None:
+            positions = _check_positions(state_positions, starts, lengths, B)
+            num_positions = positions.shape[1]
+            rows.append(torch.arange(B, device=device).repeat_interleave(num_positions))
+            prefix.append(positions.reshape(-1))
+        if not rows:
+            return cls(None, None, with_final, 0)
+        return cls(torch.cat(rows), torch.cat(prefix), with_final, num_positions)
+
+    def inside(self, s0: int, s1: int) -> tuple[Tensor | None, StateQuery | None]:
+        """The queries that segment ``[s0, s1)`` answers (their indices in the plan), lengths made segment-relative."""
+        if self.rows is None:
+            return None, None
+        inside = ((self.prefix > s0) & (self.prefix <= s1)) | ((self.prefix == 0) & (s0 == 0))
+        idx = inside.nonzero()[:, 0]
+        if not idx.numel():
+            return None, None
+        return idx, StateQuery(self.rows[idx], self.prefix[idx] - s0)
+
+    def answers(self, found: list[tuple[Tensor, ModelState]], final: ModelState, B: int) -> tuple[ModelState, ModelState | None]:
+        """(final state per row, states at the positions), reassembled in plan order from the segments' answers."""
+        if not found:
+            return final, None
+        order = torch.cat([i for i, _ in found])
+        answered = ModelState.cat([s for _, s in found]).index(torch.argsort(order))
+        if self.with_final:
+            final = answered.index(slice(0, B))
+        positions = answered.index(slice(B if self.with_final else 0, None)) if self.num_positions else None
+        return final, positions
 
 
 def _padding_layout(mask: Tensor | None, B: int, L: int) -> _Padding | None:

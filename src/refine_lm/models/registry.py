@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from .base import FastWeightForCausalLM
+from .base import FastWeightConfig, FastWeightForCausalLM
 from .delta_net import DeltaNetConfig, DeltaNetForCausalLM
 from .gated_deltanet import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
 from .lact import LACT_760M, LaCTConfig, LaCTForCausalLM
 
-ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], type[FastWeightForCausalLM]]] = {
+ARCHITECTURES: dict[str, tuple[type[FastWeightConfig], type[FastWeightForCausalLM]]] = {
     "delta_net": (DeltaNetConfig, DeltaNetForCausalLM),
     "gated_deltanet": (GatedDeltaNetConfig, GatedDeltaNetForCausalLM),
     "lact": (LaCTConfig, LaCTForCausalLM),  # model_type "lact_swiglu"
@@ -55,6 +56,10 @@ def build_config(arch: str, preset: str | None = None, **overrides: Any) -> Pret
         fields.update(PRESETS[preset][arch])
     fields.update(overrides)
     config_class, _ = ARCHITECTURES[arch]
+    unknown = sorted(set(fields) - set(config_class.fields))
+    if unknown:
+        known = ", ".join(config_class.fields)
+        raise ValueError(f"{arch} has no config setting {', '.join(map(repr, unknown))} (known: {known})")
     return config_class(**fields)
 
 
@@ -73,11 +78,33 @@ def load_model(
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model directory: no config.json in it")
-    config = AutoConfig.from_pretrained(path)
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}/config.json: not a JSON object ({e})") from None
     known = [config_class.model_type for config_class, _ in ARCHITECTURES.values()]
-    if config.model_type not in known:
-        raise ValueError(f"{path}/config.json: model_type {config.model_type!r} is not one of {', '.join(known)}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    if model_type not in known:
+        raise ValueError(f"{path}/config.json: model_type {model_type!r} is not one of {', '.join(known)}")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # a field of the wrong type surfaces as a validation error of transformers
+        raise ValueError(f"{path}/config.json: {type(e).__name__}: {e}") from None
+    weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise FileNotFoundError(f"{path}: no weights (model.safetensors) in the model directory")
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, output_loading_info=True)
+    except Exception as e:  # a truncated or corrupt file surfaces as whatever its reader raises
+        raise ValueError(f"{path}/{weights[0]}: cannot be read ({type(e).__name__}: {e})") from None
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing, unexpected = sorted(set(info["missing_keys"]) - tied), sorted(info["unexpected_keys"])
+    mismatched = [str(m) for m in info.get("mismatched_keys", [])]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{path}/{weights[0]}: the weights do not fit the config (missing {missing}, unexpected {unexpected}"
+            + (f", wrong shapes {mismatched}" if mismatched else "")
+            + "): nothing may be left randomly initialised"
+        )
     if not isinstance(model, FastWeightForCausalLM):
         raise TypeError(
             f"{path} loaded as {type(model).__name__}: another library registered {config.model_type!r}; "

@@ -33,11 +33,6 @@ from ..state import StateQuery
 from .dtypes import compute_dtype
 
 
-def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """``x / sqrt(sum(x^2) + eps)`` over the last dim (flash-linear-attention's convention)."""
-    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
-
-
 def _initial(initial_state: Tensor | None, B: int, H: int, dk: int, dv: int, like: Tensor) -> Tensor:
     if initial_state is None:
         return like.new_zeros(B, H, dk, dv)
@@ -83,7 +78,7 @@ def naive_delta_rule(
         o = torch.stack(outputs, dim=1) if outputs else q.new_zeros(B, 0, H, dv)
         states = None
         if query is not None:
-            _check_query(query, B, T)
+            query.check(B, T)
             picked = [history[n][r] for r, n in zip(query.rows.tolist(), query.lengths.tolist())]
             states = torch.stack(picked) if picked else S.new_zeros(0, H, dk, dv)
     return o, S, states
@@ -221,17 +216,10 @@ class _QueryPlan:
         self.by_chunk = by_chunk
 
 
-def _check_query(query: StateQuery, B: int, T: int) -> None:
-    if query.rows.numel() and (int(query.rows.min()) < 0 or int(query.rows.max()) >= B):
-        raise ValueError(f"state query rows must be in [0, {B}), got {query.rows.tolist()}")
-    if query.lengths.numel() and (int(query.lengths.min()) < 0 or int(query.lengths.max()) > T):
-        raise ValueError(f"state query lengths must be in [0, {T}], got {query.lengths.tolist()}")
-
-
 def _plan_queries(query: StateQuery | None, B: int, T: int, C: int) -> _QueryPlan | None:
     if query is None:
         return None
-    _check_query(query, B, T)
+    query.check(B, T)
     lengths = query.lengths.tolist()
     at_start = [i for i, n in enumerate(lengths) if n == 0]
     by_chunk: dict[int, list[int]] = {}

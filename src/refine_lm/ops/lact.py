@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..state import FastWeightMemory, StateQuery, WindowCache
 from .dtypes import compute_dtype
+from .norm import l2_normalize
 
 # Quintic Newton-Schulz coefficients of the public Muon implementations (one (a, b, c) per iteration).
 NEWTON_SCHULZ_COEFFICIENTS = (
@@ -50,11 +51,6 @@ FastWeights = tuple[Tensor, Tensor, Tensor]
 def inverse_softplus(y: float) -> float:
     """x with softplus(x) = y."""
     return y + math.log(-math.expm1(-y))
-
-
-def l2_normalize(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``x / (|x| + eps)`` over the last dim (lact_llm's convention; fla's delta rule uses ``rsqrt(|x|^2 + eps)``)."""
-    return x / (x.norm(dim=-1, keepdim=True) + eps)
 
 
 def rotary_tables(positions: Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -130,14 +126,7 @@ def fast_weight_update(
     if use_muon:
         grads = tuple(newton_schulz(g) for g in grads)
     new = tuple(w + g for w, g in zip(weights, grads))
-    return tuple(w / (w.norm(dim=-1, keepdim=True) + eps) * n for w, n in zip(new, norms)), momentum
-
-
-def _check_query(query: StateQuery, B: int, T: int) -> None:
-    if query.rows.numel() and (int(query.rows.min()) < 0 or int(query.rows.max()) >= B):
-        raise ValueError(f"state query rows must be in [0, {B}), got {query.rows.tolist()}")
-    if query.lengths.numel() and (int(query.lengths.min()) < 0 or int(query.lengths.max()) > T):
-        raise ValueError(f"state query lengths must be in [0, {T}], got {query.lengths.tolist()}")
+    return tuple(l2_normalize(w, eps, squared=False) * n for w, n in zip(new, norms)), momentum
 
 
 def _pick(tensors: tuple[Tensor, ...] | None, rows: Tensor) -> tuple[Tensor, ...] | None:
@@ -252,7 +241,7 @@ def chunk_fast_weights(
         final = memory_at(batch, weights, momentum, total)
         at_query = None
         if query is not None:
-            _check_query(query, B, T)
+            query.check(B, T)
             length = pending[query.rows] + query.lengths
             version = length // C
             found, order = [], []
@@ -374,7 +363,7 @@ def window_attention(
         final = WindowCache(keys[:, T:].clone(), values[:, T:].clone())
         at_query = None
         if query is not None:
-            _check_query(query, B, T)
+            query.check(B, T)
             idx = query.lengths[:, None] + torch.arange(n, device=q.device)
             at_query = WindowCache(keys[query.rows[:, None], idx], values[query.rows[:, None], idx])
     return o, final, at_query

@@ -1,4 +1,4 @@
-"""GRPO advantages and the clipped policy-gradient loss (SPEC 2.7-2.8)."""
+"""GRPO advantages and the clipped policy-gradient loss (ALGORITHM.md §2.7-2.8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The REFINE objective: ``lambda_ntp * NTP + lambda_rl * (clipped PG [+ beta * KL])`` (SPEC 2).
+"""The REFINE objective: ``lambda_ntp * NTP + lambda_rl * (clipped PG [+ beta * KL])`` (ALGORITHM.md §2).
 
 Per training batch of B sequences (L tokens each):
 
@@ -27,8 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..train.distributed import mean_over_ranks
-from ..train.loop import StepRandom, mini_batch_rows
+from ..ranks import mean_over_ranks
+from ..step_random import StepRandom, mini_batch_rows
 from .grpo import GroupBy, clipped_policy_loss, grpo_advantages, k3_kl
 from .rewards import RewardInputs, resolve_reward, reward_report
 from .rollouts import (
@@ -44,13 +44,13 @@ from .rollouts import (
 from .selection import SelectionMode, select_positions, smooth_entropy
 
 Phase = Literal["mid", "post", "test"]
-# (reward, lambda_rl) of each phase when the config leaves them unset (SPEC 2.6 / 2.8)
+# (reward, lambda_rl) of each phase when the config leaves them unset (ALGORITHM.md §2.6 / 2.8)
 PHASE_DEFAULTS: dict[str, tuple[str, float]] = {"mid": ("cosine", 0.2), "post": ("hybrid", 0.2), "test": ("exact", 0.4)}
 
 
 @dataclass
 class RefineConfig:
-    """REFINE's hyper-parameters; defaults are the public implementation's (SPEC 2).
+    """REFINE's hyper-parameters; defaults are the public implementation's (ALGORITHM.md §2).
 
     num_chunks: c, rollout positions per sequence (one per chunk of L // c tokens).
     rollout_len: k, tokens per rollout.
@@ -61,7 +61,7 @@ class RefineConfig:
     margin: rollout starts are clamped to [margin, L - margin].
     temperature / top_p / top_k: rollout sampling (log-probs are always the policy's, at temperature 1).
     reward: ``cosine``, ``exact``, ``hybrid``, or ``"module:callable"`` for your own; ``null`` (default): the
-        phase's (SPEC 2.8): cosine at mid-training (and for the objective used on its own), hybrid at
+        phase's (ALGORITHM.md §2.8): cosine at mid-training (and for the objective used on its own), hybrid at
         post-training, exact at test time.
     reward_kwargs: arguments to build a custom reward (a class or factory) once.
     group_by: GRPO groups: ``sequence`` (all c*n rollouts of a sequence), ``position`` (the n rollouts
@@ -111,6 +111,18 @@ class RefineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.reprefill_rows_per_pass < 0:
             raise ValueError(f"reprefill_rows_per_pass must be >= 0, got {self.reprefill_rows_per_pass}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+
+    def check_fits(self, length: int) -> None:
+        """Refuse sequences of ``length`` tokens too short for distinct rollouts: each of the c chunks needs room
+        for a k-token rollout, and the margins at both ends are never sampled (else starts collapse onto them)."""
+        needed = self.num_chunks * self.rollout_len + 2 * self.margin
+        if length < needed:
+            raise ValueError(
+                f"sequences of {length} tokens are too short for REFINE's rollouts: num_chunks {self.num_chunks} x "
+                f"rollout_len {self.rollout_len} + 2 x margin {self.margin} = {needed} tokens"
+            )
 
     def for_phase(self, phase: Phase) -> RefineConfig:
         """A copy with the phase's defaults for the settings left unset (reward, lambda_rl)."""
@@ -156,8 +168,8 @@ class RefineMicroBatch:
 class RefineObjective:
     """The :class:`~refine_lm.train.loop.Objective` of REFINE."""
 
-    def __init__(self, cfg: RefineConfig, micro_batch_size: int, reference: nn.Module | None = None):
-        self.cfg = cfg.for_phase("mid")  # settings left unset take the mid-training defaults
+    def __init__(self, cfg: RefineConfig, micro_batch_size: int, reference: nn.Module | None = None, phase: Phase = "mid"):
+        self.cfg = cfg.for_phase(phase)  # settings left unset take the phase's defaults
         self.micro_batch_size = micro_batch_size
         self.updates_per_step = cfg.ppo_epochs * cfg.mini_batches
         self.reward_fn = resolve_reward(self.cfg.reward, self.cfg.reward_kwargs or None)

@@ -1,4 +1,4 @@
-"""Self-supervised rewards for a rollout against the true continuation (SPEC 2.6), and the interface
+"""Self-supervised rewards for a rollout against the true continuation (ALGORITHM.md §2.6), and the interface
 for plugging in your own.
 
 A reward function takes a :class:`RewardInputs` (tensors only: ids, final hidden states, log-probs,
@@ -28,7 +28,7 @@ class RewardInputs:
 
     rollout_ids / target_ids: ``[R, k]`` sampled tokens and the document's true next tokens.
     rollout_hidden / target_hidden: ``[R, k, D]`` final hidden state after reading rollout token j /
-        true token j (SPEC 2.5), from the model that sampled.
+        true token j (ALGORITHM.md §2.5), from the model that sampled.
     rollout_logprobs: ``[R, k]`` the sampling policy's log-probabilities of the rollout tokens.
     lm_head: ``[V, D]`` output embedding, so ``logits()`` can be formed when a reward needs them.
     """

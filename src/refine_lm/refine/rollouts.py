@@ -1,4 +1,4 @@
-"""Rollouts and their log-probabilities, two ways (SPEC 2.4-2.5 and 3).
+"""Rollouts and their log-probabilities, two ways (ALGORITHM.md §2.4-2.5 and §3).
 
 ``cached`` (ours): one no-grad read of each sequence gives the entropy, the final hidden states and
 memory snapshots every ``snapshot_stride`` tokens; the state at each selected position is

@@ -1,4 +1,4 @@
-"""Where to roll out: entropy smoothing and one position per chunk of each sequence (SPEC 2.1-2.3)."""
+"""Where to roll out: entropy smoothing and one position per chunk of each sequence (ALGORITHM.md §2.1-2.3)."""
 
 from __future__ import annotations
 

@@ -6,19 +6,26 @@ step, anything else the trainer needs for an exact resume) and, written last, ``
 the step and the size and SHA-256 of every file. Everything is written into a temporary directory
 that is renamed into place only when complete, so a killed run leaves either the whole checkpoint
 or none; a checkpoint whose files do not match its manifest is refused with a message naming them.
+
+A run holds its output directory with a :class:`RunLock` while it writes there: a second run on the same
+directory is refused, naming the holder; the lock of a run that was killed is taken over.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
+import socket
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..files import sha256_file
 
 MANIFEST = "checkpoint.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -27,14 +34,6 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted (incomplete, corrupt, or missing)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -59,7 +58,7 @@ def save_checkpoint(
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / TRAINER_STATE)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
     manifest = tmp / MANIFEST
     manifest.write_text(json.dumps({"step": step, "files": files}, indent=2))
     with manifest.open("rb") as f:
@@ -96,7 +95,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
-        if file.stat().st_size != expected["bytes"] or _sha256(file) != expected["sha256"]:
+        if file.stat().st_size != expected["bytes"] or sha256_file(file) != expected["sha256"]:
             raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its recorded size/SHA-256")
     return manifest
 
@@ -122,3 +121,74 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def newest_intact_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose files match its manifest; newer ones that do not are skipped with a warning."""
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            warnings.warn(f"{e}; resuming from an older checkpoint", stacklevel=2)
+            continue
+        return path
+    return None
+
+
+def remove_partial_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Delete the temporary directories of checkpoints a killed run was writing (call it holding the run's lock)."""
+    output_dir = Path(output_dir)
+    found = sorted(p for p in output_dir.glob(".tmp-checkpoint-*") if p.is_dir()) if output_dir.is_dir() else []
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class RunLock:
+    """``<output_dir>/.lock``: the pid, host and start time of the run writing there."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / ".lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    holder = {}
+                here = holder.get("host") == me["host"]
+                if holder and (not here or _alive(int(holder.get("pid", -1)))):
+                    raise CheckpointError(
+                        f"{self.path.parent} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, "
+                        f"started {holder.get('started')}): use another output directory, or delete {self.path} "
+                        "if that run is gone"
+                    ) from None
+                warnings.warn(f"{self.path}: taking over the lock of a run that is gone ({holder or 'unreadable'})", stacklevel=2)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise CheckpointError(f"{self.path}: could not take the lock")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False

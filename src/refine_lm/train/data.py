@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,8 +12,8 @@ from torch import Tensor, nn
 
 from ..config import ConfigError
 from ..data import PreparedCorpus, SequenceDataset, StepBatchSampler
-from .distributed import world
-from .ntp import WeightedTokens, next_token_metrics
+from ..ranks import world
+from ..refine.ntp import WeightedTokens, next_token_metrics
 
 
 @dataclass
@@ -42,13 +43,17 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.answer_weight <= 0:
             raise ValueError(f"answer_weight must be > 0, got {self.answer_weight}")
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2 (a token and its successor), got {self.seq_len}")
+        if self.validation_seq_len < 0 or self.validation_seq_len == 1:
+            raise ValueError(f"validation_seq_len must be 0 (seq_len) or >= 2, got {self.validation_seq_len}")
 
 
 class TrainingData:
     """The batches of every step (a function of the step: exact resume) and the validation sets.
 
     batch_size: the global batch. Under data parallelism (``rank`` / ``world_size``, by default this
-    process's, see ``distributed.world``) ``batch_at`` gives this rank's disjoint share of it:
+    process's, see ``ranks.world``) ``batch_at`` gives this rank's disjoint share of it:
     rows ``[rank * b, (rank + 1) * b)`` with ``b = batch_size / world_size``.
     """
 
@@ -101,6 +106,13 @@ class TrainingData:
         """Held-out NTP loss / perplexity / accuracy (argmax and sampled), and recall-answer accuracy."""
         chosen = self.validation_windows()
         recall = self._spread(self.recall, self.cfg.recall_sequences) if self.recall is not None else []
+        if self.cfg.validation_sequences and not chosen:
+            warnings.warn(
+                f"{self.cfg.corpus}: no validation document holds a window of {self.cfg.validation_seq_len or self.cfg.seq_len} "
+                "tokens: "
+                "held-out loss and accuracy will not be measured (use a shorter seq_len or longer documents)",
+                stacklevel=2,
+            )
 
         def validate(model: nn.Module) -> dict[str, float]:
             result: dict[str, float] = {}

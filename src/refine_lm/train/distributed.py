@@ -7,9 +7,9 @@ The shared loop (``loop.py``) composes what is here; trainers and objectives sta
   on its device (``cuda`` -> ``cuda:LOCAL_RANK``). Without torchrun nothing changes.
 - **Data.** ``loop.batch_size`` is the *global* batch. Rank r holds rows ``[r B, (r + 1) B)`` of it
   (``B = batch_size / world_size``, split further into micro-batches): ``TrainingData`` asks :func:`world` for
-  its shard. Every random draw belongs to one sequence of the global batch (``loop.StepRandom``), so a
+  its shard. Every random draw belongs to one sequence of the global batch (``step_random.StepRandom``), so a
   sequence's rollouts do not depend on the rank that holds it, and mini-batches are cut the same way whatever
-  the number of ranks (``loop.mini_batch_rows``): N ranks compute what one process computes.
+  the number of ranks (``step_random.mini_batch_rows``): N ranks compute what one process computes.
 - **Gradients** are averaged over ranks: DDP all-reduces them (the last micro-batch of an update synchronises,
   the others accumulate under ``no_sync``), FSDP2 (``fully_shard`` per block and on the root) reduce-scatters
   them. An objective divides its loss sums by :func:`mean_over_ranks` of its token count, which makes that
@@ -25,7 +25,7 @@ import atexit
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -36,59 +36,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError
+from ..ranks import world
 
 Parallel = Literal["auto", "none", "ddp", "fsdp"]
-
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process: from the process group, else from torchrun's environment, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def is_main() -> bool:
-    """True on rank 0 (and in a single process): the rank that logs and writes files."""
-    return world()[0] == 0
-
-
-def _active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def mean_over_ranks(value: float) -> float:
-    """The mean of ``value`` over all ranks (``value`` itself in a single process).
-
-    Dividing a rank's loss sum by ``mean_over_ranks(its token count)`` makes the ranks' average gradient the
-    gradient of the token-mean over the global batch. Every rank must call it at the same point.
-    """
-    if not _active():
-        return float(value)
-    total = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(total)
-    return float(total) / dist.get_world_size()
-
-
-def reduce_metrics(values: dict[str, float], sums: Sequence[str] = (), maxima: Sequence[str] = ()) -> dict[str, float]:
-    """Metrics of all ranks: the mean of each value, the sum of those in ``sums``, the maximum of those in
-    ``maxima``. Every rank must pass the same keys."""
-    if not _active():
-        return dict(values)
-    keys = list(values)
-    added = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    largest = added.clone()
-    dist.all_reduce(added)
-    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    size = dist.get_world_size()
-    return {
-        k: float(largest[i]) if k in maxima else float(added[i]) if k in sums else float(added[i]) / size
-        for i, k in enumerate(keys)
-    }
-
-
-def barrier() -> None:
-    if _active():
-        dist.barrier()
 
 
 class _DataParallel(DistributedDataParallel):

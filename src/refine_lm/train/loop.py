@@ -22,19 +22,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import ranks
 from ..config import ConfigError
 from ..ops.dtypes import Precision, resolve_precision
 from ..ops.dtypes import autocast as autocast_for
+from ..optim import OptimConfig, build_optimizer, build_scheduler
+from ..step_random import StepRandom
 from . import distributed
-from .checkpoint import list_checkpoints, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    RunLock,
+    list_checkpoints,
+    load_trainer_state,
+    newest_intact_checkpoint,
+    remove_partial_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .metrics import MetricsLog
-from .optim import OptimConfig, build_optimizer, build_scheduler
 
 
 class TrainingError(RuntimeError):
@@ -66,7 +76,10 @@ class LoopConfig:
     save_every: checkpoint every this many steps (0 = only at the end).
     keep_last: checkpoints kept on disk (older ones are deleted).
     max_bad_steps: stop with an error after this many consecutive non-finite updates (each is skipped).
-    resume: continue from the newest checkpoint in the output directory if there is one.
+    resume: continue from the newest intact checkpoint in the output directory if there is one.
+    resume_with_changes: resume even when settings other than those that only extend or watch the run
+        (``RESUMABLE_CHANGES``: steps, logging, validation and checkpoint intervals, threads, devices, ranks)
+        differ from the checkpoint's; without it such a resume is refused with the list of changed keys.
     """
 
     steps: int = 100
@@ -85,6 +98,7 @@ class LoopConfig:
     keep_last: int = 2
     max_bad_steps: int = 3
     resume: bool = True
+    resume_with_changes: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -97,60 +111,33 @@ class LoopConfig:
         return self.micro_batch_size or self.batch_size
 
 
-class StepRandom:
-    """The random draws of one training step: one stream per sequence of the step's global batch.
-
-    The stream of sequence ``i`` is seeded with ``(seed, step, i)`` and draws on the CPU: a sequence's
-    draws (rollout positions, sampled tokens, mini-batch placement) are the same whichever data-parallel
-    rank holds it, however its rank splits the batch, on any device, and after a resume. ``offset`` is the
-    global index of this rank's first sequence.
-    """
-
-    def __init__(self, seed: int, step: int, offset: int = 0):
-        self.seed, self.step, self.offset = seed, step, offset
-        self._streams: list[torch.Generator] = []
-
-    def _stream(self, row: int) -> torch.Generator:
-        while len(self._streams) <= row:
-            index = self.offset + len(self._streams)
-            seed = np.random.SeedSequence([self.seed % 2**64, self.step, index]).generate_state(1, np.uint64)[0]
-            self._streams.append(torch.Generator().manual_seed(int(seed)))
-        return self._streams[row]
-
-    def view(self, start: int, count: int) -> StepRandom:
-        """The streams of rows ``start .. start + count - 1`` as rows ``0 .. count - 1`` (the same streams:
-        draws from the view advance them), e.g. to work on one sequence at a time."""
-        view = StepRandom(self.seed, self.step, self.offset + start)
-        view._streams = [self._stream(start + j) for j in range(count)]
-        return view
-
-    def uniform(self, rows: int, *shape: int, device: str | torch.device | None = None) -> Tensor:
-        """float64 ``[rows, *shape]`` uniform in [0, 1); row i is the next draws of stream ``offset + i``."""
-        draws = [torch.rand(shape, generator=self._stream(i), dtype=torch.float64) for i in range(rows)]
-        return torch.stack(draws).to(device) if draws else torch.empty(0, *shape, dtype=torch.float64, device=device)
+# settings a resumed run may change: they extend the run, or change how it is watched or where it runs
+RESUMABLE_CHANGES = (
+    "loop.steps", "loop.log_every", "loop.eval_every", "loop.save_every", "loop.keep_last", "loop.threads",
+    "loop.resume", "loop.resume_with_changes", "loop.max_bad_steps", "loop.device", "loop.parallel",
+    "loop.dist_timeout_minutes", "output_dir", "export_to",
+)  # fmt: skip
 
 
-def mini_batch_rows(num_rows: int, mini_batches: int, keys: Tensor | None = None) -> list[Tensor]:
-    """Split ``num_rows`` rows into ``mini_batches`` equal mini-batches of row indices.
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key of two nested settings dicts whose values differ, except
+    ``RESUMABLE_CHANGES`` and keys only one side has (a setting added or removed between versions)."""
 
-    Each run of ``mini_batches`` consecutive rows gives one row to every mini-batch: without ``keys`` row i
-    goes to mini-batch ``i % mini_batches``; with ``keys [num_rows]`` (e.g. uniform draws) the row with the
-    j-th smallest key of its run goes to mini-batch j. A rank's rows are a whole number of runs (its share
-    of the batch is a multiple of ``mini_batches``), so the global mini-batches are the same for any number
-    of ranks.
-    """
-    if num_rows % mini_batches:
-        raise ValueError(f"batch of {num_rows} sequences (per rank) does not split into {mini_batches} mini-batches")
-    slot = torch.arange(num_rows) % mini_batches
-    if keys is not None:
-        slot = keys.reshape(-1, mini_batches).argsort(-1).argsort(-1).reshape(-1).cpu()
-    return [torch.nonzero(slot == m)[:, 0] for m in range(mini_batches)]
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    common = sorted(set(a) & set(b) - set(RESUMABLE_CHANGES))
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in common if a[k] != b[k]]
 
 
 class Objective(Protocol):
     """What a trainer optimises.
 
-    Losses are sums over tokens divided by a count: divide by ``distributed.mean_over_ranks(count of this
+    Losses are sums over tokens divided by a count: divide by ``ranks.mean_over_ranks(count of this
     rank's share of the update)`` so that averaging gradients over data-parallel ranks gives the token-mean
     over the global batch. Draw random numbers from ``rng`` only (per sequence), and split batches into
     mini-batches with :func:`mini_batch_rows`: then N ranks compute what one process computes.
@@ -189,6 +176,184 @@ def _average(records: list[dict[str, Any]]) -> dict[str, float]:
     return {k: total[k] / max(weights[k], 1e-12) for k in total}
 
 
+class _Run:
+    """One run of the loop, in named steps: set up and resume, train a step, validate, checkpoint, close."""
+
+    def __init__(
+        self, loop: LoopConfig, optim: OptimConfig, model: nn.Module, objective: Objective, output_dir: Path, run_config
+    ):
+        self.loop, self.model, self.objective, self.output_dir = loop, model, objective, output_dir
+        self.parallel = distributed.setup(loop.parallel, loop.device, loop.dist_timeout_minutes)
+        self.main = self.parallel.is_main
+        if loop.batch_size % self.parallel.world_size:
+            raise ConfigError(
+                f"loop.batch_size {loop.batch_size} (the global batch) does not split over {self.parallel.world_size} ranks"
+            )
+        if output_dir.exists() and not output_dir.is_dir():
+            raise ConfigError(f"output directory {output_dir} is a file")
+        self.lock, self.log = RunLock(output_dir), None
+        if self.main:
+            self.lock.acquire()  # before anything is read or written there
+            remove_partial_checkpoints(output_dir)
+        try:
+            self._start(optim, run_config)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _start(self, optim: OptimConfig, run_config: dict[str, Any] | None) -> None:
+        loop, model, objective, output_dir = self.loop, self.model, self.objective, self.output_dir
+        self.device = self.parallel.device
+        if loop.threads:
+            torch.set_num_threads(loop.threads)
+        if hasattr(model, "set_backend") and loop.backend != "chunk":
+            model.set_backend(loop.backend)
+        model.to(self.device).train()
+        self.precision = resolve_precision(loop.precision, self.device)
+        self.rows = loop.batch_size // self.parallel.world_size  # this rank's share of a step's batch
+        self.step, self.bad_in_a_row = 0, 0
+        checkpoints = list_checkpoints(output_dir)
+        if checkpoints and not loop.resume:
+            raise TrainingError(
+                f"{output_dir} already holds checkpoints of an earlier run: use resume=true or another output directory"
+            )
+        state, newest = None, newest_intact_checkpoint(output_dir) if checkpoints else None
+        if checkpoints and newest is None:
+            raise TrainingError(f"{output_dir}: no checkpoint there is intact (see the warnings); move them away to start over")
+        if newest is not None:  # every rank reads the checkpoint before the weights are wrapped or sharded
+            state = load_trainer_state(newest)
+            changed = changed_settings(state.get("config") or {}, run_config or {}) if state.get("config") else []
+            if changed and not loop.resume_with_changes:
+                raise TrainingError(
+                    f"{newest} was written with other settings ({'; '.join(changed)}): use another output directory, "
+                    "or loop.resume_with_changes=true to resume with the new ones"
+                )
+            load_weights(model, newest)
+        self.trained = self.parallel.wrap(model)  # what the objective calls: DDP wrapper, or the model (FSDP: sharded)
+        self.optimizer = build_optimizer(model, optim)
+        self.scheduler = build_scheduler(self.optimizer, optim, loop.steps * objective.updates_per_step)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf
+        if state is not None:
+            self.parallel.load_optimizer_state(model, self.optimizer, state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.step, self.bad_in_a_row = state["step"], state.get("bad_in_a_row", 0)
+            if self.main:
+                print(f"resuming from {newest} (step {self.step}, written by {state.get('world_size', 1)} rank(s))")
+        resume_step = self.step if checkpoints else None
+        self.log = MetricsLog(output_dir / "metrics.jsonl", resume_step=resume_step) if self.main else None
+
+    def autocast(self):
+        return autocast_for(self.precision, self.device)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(record)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        self.lock.release()
+
+    def train_step(self, step: int, batch: Tensor) -> dict[str, float]:
+        """The objective's updates for one batch; the step's metrics, averaged over updates and ranks."""
+        started = time.perf_counter()
+        compute_before = getattr(self.model, "compute_tokens", 0)
+        batch = batch.to(self.device)
+        if len(batch) != self.rows:
+            raise TrainingError(
+                f"batch_at({step}) gave {len(batch)} sequences; each of {self.parallel.world_size} rank(s) needs "
+                f"loop.batch_size / ranks = {self.rows}"
+            )
+        rng = StepRandom(self.loop.seed, step, offset=self.parallel.rank * self.rows)
+        records = []
+        with self.autocast():
+            with self.parallel.full_parameters(self.model):  # the objective's no-gradient phase (rollouts)
+                updates = list(self.objective.updates(self.trained, batch, rng))
+            for micro_batches in updates:
+                record = self.update(step, micro_batches)
+                if record is not None:
+                    records.append(record)
+        local = {
+            **_average(records),
+            "step_seconds": time.perf_counter() - started,
+            "compute_tokens": getattr(self.model, "compute_tokens", 0) - compute_before,
+        }
+        if hasattr(self.objective, "step_metrics"):  # e.g. rewards of the step's rollouts
+            local.update(self.objective.step_metrics())
+        metrics = ranks.reduce_metrics(local, sums=("compute_tokens",), maxima=("step_seconds",))
+        metrics.update(
+            lr=self.scheduler.get_last_lr()[0],
+            tokens_per_s=batch.numel() * self.parallel.world_size / metrics["step_seconds"],
+            skipped_updates=len(updates) - len(records),
+        )
+        self.step = step + 1
+        return metrics
+
+    def update(self, step: int, micro_batches: list[Any]) -> dict[str, float] | None:
+        """One optimiser update from summed micro-batch losses; None when it was skipped as non-finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        records, loss_sum = [], 0.0
+        for i, micro in enumerate(micro_batches):
+            with self.parallel.accumulating(self.trained, sync=i == len(micro_batches) - 1):
+                loss, metrics = self.objective.loss(self.trained, micro)
+                loss.backward()
+            loss_sum += float(loss.detach())
+            records.append(metrics)
+        loss_sum = ranks.mean_over_ranks(loss_sum)  # the global loss: every rank decides alike
+        grad_norm = self.parallel.gradient_norm(self.params, self.max_norm)
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            self.bad_in_a_row += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.write({"step": step + 1, "event": "skipped_update", "loss": loss_sum, "grad_norm": grad_norm})
+            if self.bad_in_a_row >= self.loop.max_bad_steps:
+                raise TrainingError(
+                    f"{self.bad_in_a_row} non-finite updates in a row (last at step {step + 1}: loss {loss_sum}, "
+                    f"grad norm {grad_norm}); lower the learning rate or check the data"
+                )
+            return None
+        self.bad_in_a_row = 0
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**_average(records), "loss": loss_sum, "grad_norm": grad_norm}
+
+    def validate(self, validate: Callable[[nn.Module], dict[str, float]] | None) -> dict[str, float]:
+        result: dict[str, float] = {}
+        if validate is not None and (self.main or self.parallel.kind == "fsdp"):
+            self.model.eval()
+            with torch.no_grad(), self.autocast(), self.parallel.full_parameters(self.model):
+                result = validate(self.model)
+            self.model.train()
+        if result:
+            self.write({"step": self.step, "split": "validation", **result})
+        ranks.barrier()
+        return result
+
+    def checkpoint(self, tokenizer, run_config: dict[str, Any] | None) -> None:
+        weights = self.parallel.full_state_dict(self.model)  # FSDP: gathered onto rank 0 (every rank takes part)
+        trainer_state = {
+            "step": self.step,
+            "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "bad_in_a_row": self.bad_in_a_row,
+            "world_size": self.parallel.world_size,
+            "config": run_config or {},
+        }
+        if self.main:
+            save_checkpoint(
+                self.output_dir,
+                self.step,
+                self.model,
+                trainer_state,
+                tokenizer=tokenizer,
+                keep_last=self.loop.keep_last,
+                state_dict=weights,
+            )
+        ranks.barrier()
+
+
 def train(
     loop: LoopConfig,
     optim: OptimConfig,
@@ -207,157 +372,33 @@ def train(
     data-parallel (see ``distributed.py``); rank 0 alone logs, validates and writes checkpoints (FSDP:
     every rank validates, with the full parameters).
     """
-    output_dir = Path(output_dir)
-    parallel = distributed.setup(loop.parallel, loop.device, loop.dist_timeout_minutes)
-    main = parallel.is_main
-    if loop.batch_size % parallel.world_size:
-        raise ConfigError(f"loop.batch_size {loop.batch_size} (the global batch) does not split over {parallel.world_size} ranks")
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    device = parallel.device
-    if loop.threads:
-        torch.set_num_threads(loop.threads)
-    if hasattr(model, "set_backend") and loop.backend != "chunk":
-        model.set_backend(loop.backend)
-    model.to(device).train()
-
-    start_step, bad_in_a_row = 0, 0
-    checkpoints = list_checkpoints(output_dir)
-    if checkpoints and not loop.resume:
-        raise TrainingError(
-            f"{output_dir} already holds checkpoints of an earlier run: use resume=true or another output directory"
+    run = _Run(loop, optim, model, objective, Path(output_dir), run_config)
+    try:
+        if run.step >= loop.steps:
+            if run.main:
+                print(f"{output_dir} already holds all {loop.steps} steps")
+            return {}
+        last: dict[str, float] = {}
+        progress = tqdm(
+            range(run.step, loop.steps),
+            initial=run.step,
+            total=loop.steps,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not run.main,
         )
-    state = None
-    if checkpoints:  # every rank reads the checkpoint before the weights are wrapped or sharded
-        state = load_trainer_state(checkpoints[-1])
-        load_weights(model, checkpoints[-1])
-    trained = parallel.wrap(model)  # what the objective calls: DDP wrapper, or the model (FSDP: sharded in place)
-    optimizer = build_optimizer(model, optim)
-    scheduler = build_scheduler(optimizer, optim, loop.steps * objective.updates_per_step)
-    if state is not None:
-        parallel.load_optimizer_state(model, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start_step, bad_in_a_row = state["step"], state.get("bad_in_a_row", 0)
-        if main:
-            print(f"resuming from {checkpoints[-1]} (step {start_step}, written by {state.get('world_size', 1)} rank(s))")
-    log = MetricsLog(output_dir / "metrics.jsonl", resume_step=start_step if checkpoints else None) if main else None
-
-    def write(record: dict[str, Any]) -> None:
-        if log is not None:
-            log.write(record)
-
-    def close_log() -> None:
-        if log is not None:
-            log.close()
-
-    def checkpoint(step: int) -> None:
-        weights = parallel.full_state_dict(model)  # FSDP: gathered onto rank 0 (every rank takes part)
-        trainer_state = {
-            "step": step,
-            "optimizer": parallel.optimizer_state(model, optimizer),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            "bad_in_a_row": bad_in_a_row,
-            "world_size": parallel.world_size,
-            "config": run_config or {},
-        }
-        if main:
-            save_checkpoint(
-                output_dir, step, model, trainer_state, tokenizer=tokenizer, keep_last=loop.keep_last, state_dict=weights
-            )
-        distributed.barrier()
-
-    def run_validation(step: int) -> dict[str, float]:
-        result: dict[str, float] = {}
-        if validate is not None and (main or parallel.kind == "fsdp"):
-            model.eval()
-            with torch.no_grad(), autocast(), parallel.full_parameters(model):
-                result = validate(model)
-            model.train()
-        if result:
-            write({"step": step, "split": "validation", **result})
-        distributed.barrier()
-        return result
-
-    precision = resolve_precision(loop.precision, device)
-    autocast = lambda: autocast_for(precision, device)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf
-    rows = loop.batch_size // parallel.world_size
-    last: dict[str, float] = {}
-    progress = tqdm(
-        range(start_step, loop.steps), initial=start_step, total=loop.steps, desc="train", dynamic_ncols=True, disable=not main
-    )
-    for step in progress:
-        started = time.perf_counter()
-        compute_before = getattr(model, "compute_tokens", 0)
-        batch = batch_at(step).to(device)
-        if len(batch) != rows:
-            raise TrainingError(
-                f"batch_at({step}) gave {len(batch)} sequences; each of {parallel.world_size} rank(s) needs "
-                f"loop.batch_size / ranks = {rows}"
-            )
-        rng = StepRandom(loop.seed, step, offset=parallel.rank * rows)
-        update_metrics, skipped = [], 0
-        with autocast():
-            with parallel.full_parameters(model):  # the objective's no-gradient phase (rollouts)
-                updates = list(objective.updates(trained, batch, rng))
-            for micro_batches in updates:
-                optimizer.zero_grad(set_to_none=True)
-                records, loss_sum = [], 0.0
-                for i, micro in enumerate(micro_batches):
-                    with parallel.accumulating(trained, sync=i == len(micro_batches) - 1):
-                        loss, metrics = objective.loss(trained, micro)
-                        loss.backward()
-                    loss_sum += float(loss.detach())
-                    records.append(metrics)
-                loss_sum = distributed.mean_over_ranks(loss_sum)  # the global loss: every rank decides alike
-                grad_norm = parallel.gradient_norm(params, max_norm)
-                if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                    skipped += 1
-                    bad_in_a_row += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    write({"step": step + 1, "event": "skipped_update", "loss": loss_sum, "grad_norm": grad_norm})
-                    if bad_in_a_row >= loop.max_bad_steps:
-                        close_log()
-                        raise TrainingError(
-                            f"{bad_in_a_row} non-finite updates in a row (last at step {step + 1}: loss {loss_sum}, "
-                            f"grad norm {grad_norm}); lower the learning rate or check the data"
-                        )
-                    continue
-                bad_in_a_row = 0
-                optimizer.step()
-                scheduler.step()
-                update_metrics.append({**_average(records), "loss": loss_sum, "grad_norm": grad_norm})
-        done = step + 1
-        local = {
-            **_average(update_metrics),
-            "step_seconds": time.perf_counter() - started,
-            "compute_tokens": getattr(model, "compute_tokens", 0) - compute_before,
-        }
-        if hasattr(objective, "step_metrics"):  # e.g. rewards of the step's rollouts
-            local.update(objective.step_metrics())
-        last = distributed.reduce_metrics(local, sums=("compute_tokens",), maxima=("step_seconds",))
-        last.update(
-            lr=scheduler.get_last_lr()[0],
-            tokens_per_s=batch.numel() * parallel.world_size / last["step_seconds"],
-            skipped_updates=skipped,
-        )
-        if done % loop.log_every == 0 or done == loop.steps:
-            write({"step": done, "split": "train", **last})
-        progress.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "grad_norm", "tokens_per_s") if k in last})
-        if loop.eval_every and done % loop.eval_every == 0 and done != loop.steps:
-            run_validation(done)
-        if loop.save_every and done % loop.save_every == 0 and done != loop.steps:
-            checkpoint(done)
-    if start_step >= loop.steps:
-        close_log()
-        if main:
-            print(f"{output_dir} already holds all {loop.steps} steps")
-        return {}
-    result = run_validation(loop.steps)
-    checkpoint(loop.steps)
-    close_log()
-    return result or last
+        for step in progress:
+            last = run.train_step(step, batch_at(step))
+            done = run.step
+            if done % loop.log_every == 0 or done == loop.steps:
+                run.write({"step": done, "split": "train", **last})
+            progress.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "grad_norm", "tokens_per_s") if k in last})
+            if loop.eval_every and done % loop.eval_every == 0 and done != loop.steps:
+                run.validate(validate)
+            if loop.save_every and done % loop.save_every == 0 and done != loop.steps:
+                run.checkpoint(tokenizer, run_config)
+        result = run.validate(validate)
+        run.checkpoint(tokenizer, run_config)
+        return result or last
+    finally:
+        run.close()

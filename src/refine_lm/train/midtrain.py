@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoTokenizer
 
 from ..config import ConfigError, to_dict
+from ..data.tokenizer import check_vocabulary, load_tokenizer
 from ..models.registry import load_model
+from ..optim import OptimConfig
+from ..ranks import is_main
+from ..refine.ntp import NextTokenObjective
 from ..refine.objective import RefineConfig, RefineObjective
 from .data import DataConfig, TrainingData
-from .distributed import is_main
 from .loop import LoopConfig, train
 from .metrics import read_metrics
-from .ntp import NextTokenObjective
-from .optim import OptimConfig
 from .posttrain import QADataConfig, posttrain
 
 
@@ -45,7 +45,7 @@ class SFTConfig:
 
 @dataclass
 class TrainConfig:
-    """Settings of ``refine-lm train``. Defaults are the paper's recipes (SPEC 2.8) except the sequence
+    """Settings of ``refine-lm train``. Defaults are the paper's recipes (ALGORITHM.md §2.8) except the sequence
     length and the learning rate, which small CPU models need smaller / larger.
 
     phase: ``mid`` (raw long documents) or ``post`` (long-context QA examples, nested updates).
@@ -55,8 +55,8 @@ class TrainConfig:
     model: the checkpoint directory to start from (with its tokenizer).
     data: the corpus and, for mid-training, its sequences (post-training generates QA from its documents).
     qa: post-training examples (files or generated) and their validation.
-    optim / loop / refine / sft: see their classes (``refine.reward`` defaults to the phase's: cosine
-        for mid, hybrid for post).
+    optim / loop / refine / sft: see their classes (``refine.reward`` and ``refine.lambda_rl`` left unset
+        take the phase's defaults, ALGORITHM.md §2.8).
     output_dir: checkpoints and metrics.jsonl.
     """
 
@@ -75,6 +75,12 @@ class TrainConfig:
         methods = PHASE_METHODS[self.phase]
         if self.method not in methods:
             raise ValueError(f"method {self.method!r} is not a {self.phase}-training method (use one of: {', '.join(methods)})")
+        if self.method == "refine" and self.phase == "mid":
+            self.refine.check_fits(self.data.seq_len)
+        if self.method == "refine" and self.loop.batch_size % self.refine.mini_batches:
+            raise ValueError(
+                f"refine.mini_batches {self.refine.mini_batches} does not divide loop.batch_size {self.loop.batch_size}"
+            )
 
 
 PHASE_METHODS = {"mid": ("refine", "sft"), "post": ("refine", "nested-sft", "answer-sft")}
@@ -94,7 +100,7 @@ def compute_matched_steps(refine_run: str | Path, batch_size: int, seq_len: int)
 def build_objective(cfg: TrainConfig, model) -> RefineObjective | NextTokenObjective:
     if cfg.method == "sft":
         return NextTokenObjective(cfg.loop.micro, mini_batches=cfg.sft.mini_batches)
-    objective = RefineObjective(cfg.refine.for_phase("mid"), cfg.loop.micro)
+    objective = RefineObjective(cfg.refine, cfg.loop.micro, phase="mid")
     objective.attach_reference(model)
     return objective
 
@@ -114,7 +120,8 @@ def midtrain(cfg: TrainConfig) -> dict[str, float]:
             print(f"sft: {cfg.loop.steps} steps, compute-matched to {cfg.sft.match_compute_of}")
     torch.manual_seed(cfg.loop.seed)
     model = load_model(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    check_vocabulary(tokenizer, model.config.vocab_size, cfg.model)
     data = TrainingData(cfg.data, cfg.loop.batch_size, cfg.loop.seed)
     if tokenizer.get_vocab() != data.tokenizer().get_vocab():
         raise ConfigError(

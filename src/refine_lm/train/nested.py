@@ -1,4 +1,4 @@
-"""The post-training objective (SPEC 5, "nested"): an inner step on each example's prompt, then answer-SFT.
+"""The post-training objective (ALGORITHM.md §5, "nested"): an inner step on each example's prompt, then answer-SFT.
 
 A post-training example is a prompt (long context + question) and its answer. One training step
 on a batch of examples makes, as successive optimiser updates:
@@ -14,7 +14,7 @@ Prompts have different lengths. The answer-SFT and NTP updates read right-padded
 never enters the memory, and its labels are -100); REFINE reads each prompt on its own (a
 micro-batch per example, losses taken over the whole batch's tokens), so that rollout positions
 are drawn from every prompt's real tokens. All randomness comes from the step's per-example random
-streams (:class:`~refine_lm.train.loop.StepRandom`): a resumed run repeats the same updates.
+streams (:class:`~refine_lm.step_random.StepRandom`): a resumed run repeats the same updates.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.lm_head import IGNORE_INDEX
+from ..ranks import mean_over_ranks
 from ..refine.objective import RefineConfig, RefineMicroBatch, RefineObjective
-from .distributed import mean_over_ranks
-from .loop import StepRandom, mini_batch_rows
+from ..step_random import StepRandom, mini_batch_rows
 
 PostMethod = Literal["refine", "nested-sft", "answer-sft"]
 
@@ -102,7 +102,7 @@ class NestedObjective:
     """The :class:`~refine_lm.train.loop.Objective` of post-training (see the module docstring).
 
     method: ``refine`` (inner REFINE), ``nested-sft`` (inner NTP), ``answer-sft`` (no inner step).
-    refine: REFINE's settings for the inner step (unset reward / lambda_rl: the post-training defaults, hybrid / 0.2).
+    refine: REFINE's settings for the inner step (unset reward / lambda_rl: the post-training defaults, ALGORITHM.md §2.8).
     micro_batch_size: examples per forward/backward of the NTP and answer-SFT updates.
     """
 
@@ -112,7 +112,7 @@ class NestedObjective:
         self.method = method
         self.micro_batch_size = micro_batch_size
         self.pad_id = pad_id
-        self.refine = RefineObjective(refine.for_phase("post"), 1) if method == "refine" else None
+        self.refine = RefineObjective(refine, 1, phase="post") if method == "refine" else None
         inner = {"refine": refine.ppo_epochs * refine.mini_batches, "nested-sft": 1, "answer-sft": 0}[method]
         self.updates_per_step = inner + 1
         self._step_metrics: dict[str, float] = {}

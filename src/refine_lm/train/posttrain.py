@@ -25,7 +25,7 @@ from ..data import PreparedCorpus, StepBatchSampler
 from ..data.qa import FactQAConfig, FactQAGenerator
 from ..eval.qa import load_qa_examples, score_qa
 from ..eval.runner import Evaluator, Example, truncate_middle
-from .distributed import world
+from ..ranks import world
 from .nested import NestedObjective, QABatch, answer_sft_inputs
 
 
@@ -174,8 +174,7 @@ def answer_loss(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]
 
 def posttrain(cfg) -> dict[str, float]:
     """Post-train ``cfg.model`` (a :class:`~refine_lm.train.midtrain.TrainConfig` with ``phase: post``)."""
-    from transformers import AutoTokenizer
-
+    from ..data.tokenizer import check_vocabulary, load_tokenizer
     from ..models.registry import load_model
     from .loop import train
 
@@ -184,7 +183,8 @@ def posttrain(cfg) -> dict[str, float]:
     cfg.refine = cfg.refine.for_phase("post")
     torch.manual_seed(cfg.loop.seed)
     model = load_model(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    check_vocabulary(tokenizer, model.config.vocab_size, cfg.model)
     data = QATrainingData(cfg.qa, cfg.data.corpus, tokenizer, cfg.loop.batch_size, cfg.loop.seed)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     objective = NestedObjective(cfg.method, cfg.refine, cfg.loop.micro, pad_id=pad_id)

@@ -12,14 +12,14 @@ import torch
 import yaml
 
 from ..config import to_dict
-from ..models.registry import build_model
+from ..models.registry import build_config, build_model
+from ..optim import OptimConfig
+from ..ranks import is_main
+from ..refine.ntp import NextTokenObjective
 from .checkpoint import list_checkpoints
 from .data import DataConfig, TrainingData
-from .distributed import is_main
 from .loop import LoopConfig, train
 from .metrics import read_metrics
-from .ntp import NextTokenObjective
-from .optim import OptimConfig
 
 
 @dataclass
@@ -35,6 +35,9 @@ class ModelSpec:
     arch: str = "delta_net"
     preset: str | None = "small"
     config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        build_config(self.arch, self.preset, **self.config)  # an unknown arch, preset or setting fails at start-up
 
 
 @dataclass

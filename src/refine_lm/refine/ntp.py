@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.lm_head import token_logprobs, token_stats
-from .distributed import mean_over_ranks
-from .loop import StepRandom, mini_batch_rows
+from ..ranks import mean_over_ranks
+from ..step_random import StepRandom, mini_batch_rows
 
 
 class WeightedTokens:

@@ -13,7 +13,7 @@ from torch import nn
 
 @dataclass
 class OptimConfig:
-    """AdamW and its schedule (defaults: the paper's, SPEC 2.8 — but small models need a larger lr).
+    """AdamW and its schedule (defaults: the paper's, ALGORITHM.md §2.8 — but small models need a larger lr).
 
     lr: peak learning rate.
     betas: AdamW (beta1, beta2).

@@ -57,17 +57,19 @@ def require_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str], path
         missing = [c for c in columns if c not in row]
         if missing:
             raise ConfigError(
-                f"{path}: row {index} has no column {missing[0]!r} (needed: {', '.join(columns)}; found: {', '.join(row)})"
+                f"{path}: row {index + 1} has no column {missing[0]!r} (needed: {', '.join(columns)}; found: {', '.join(row)})"
             )
 
 
 def string_list(value: Any, path: str | Path, index: int, column: str) -> list[str]:
     """A column holding a list of reference strings (a lone string is one reference; never split on '|')."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ConfigError(f"{path}: row {index}, column {column!r}: expected a non-empty list of strings, got {value!r}")
+    values = [value] if isinstance(value, str) else value
+    if isinstance(values, (list, tuple)) and values and all(isinstance(v, str) and v.strip() for v in values):
+        return list(values)
+    # an empty reference would be found in every answer
+    raise ConfigError(
+        f"{path}: row {index + 1}, column {column!r}: expected a non-empty list of non-empty strings, got {value!r}"
+    )
 
 
 def read_texts(path: str | Path) -> list[str]:
@@ -93,7 +95,7 @@ def read_texts(path: str | Path) -> list[str]:
     texts = [row["text"] for row in rows]
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
-        raise ConfigError(f"{path}: row {bad}, column 'text': expected a string")
+        raise ConfigError(f"{path}: row {bad + 1}, column 'text': expected a string")
     return texts
 
 
