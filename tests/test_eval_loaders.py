@@ -55,6 +55,13 @@ def test_qa_bad_input_names_file_and_column(tmp_path):
         load_qa_examples(tmp_path / "missing.jsonl")
 
 
+def test_qa_limit_applies_to_each_file_of_a_directory(tmp_path):
+    write_records(QA_ROWS, tmp_path / "a.jsonl")
+    write_records(QA_ROWS, tmp_path / "b.jsonl")
+    examples = load_qa_examples(tmp_path, limit=1)
+    assert [e.id.split("/")[0] for e in examples] == ["a.jsonl", "b.jsonl"]
+
+
 def test_synthetic_qa_rows_fit_their_length_and_contain_the_answer(eval_tokenizer):
     rows = synthetic_qa_rows(eval_tokenizer, [600, 1500], per_length=3, seed=1)
     assert rows == synthetic_qa_rows(eval_tokenizer, [600, 1500], per_length=3, seed=1)
@@ -117,6 +124,12 @@ def test_longbench_prebuilt_parquet(tmp_path):
     assert score_longbench(examples[0], "b a")["score"] == 1.0
 
 
+def test_longbench_zero_generation_length_is_an_error(tmp_path):
+    path = write_records([{"prompt": "P", "answers": ["a"], "max_gen_tokens": 0, "task": "qasper"}], tmp_path / "lb.parquet")
+    with pytest.raises(ConfigError, match=r"lb\.parquet: row 1, column 'max_gen_tokens': expected a positive integer"):
+        load_longbench(path, ["qasper"])
+
+
 def test_longbench_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="unknown LongBench task 'hotpot'"):
         load_longbench(tmp_path, ["hotpot"])
@@ -160,3 +173,24 @@ def test_truncation_cuts_the_middle_never_the_end(eval_tokenizer):
     assert eval_tokenizer.decode(ids).endswith("Question: where? Answer:")
     ids, cut = evaluator.encode(Example("0", "t", prompt, ["x"], 4, truncate=False))
     assert not cut and ids == full  # generated tasks are read whole
+
+
+def test_all_sixteen_english_tasks_and_the_release_file_names(tmp_path):
+    assert len(TASKS) == 16 and {"musique", "gov_report", "passage_count", "passage_retrieval_en"} <= set(TASKS)
+    for task, answer in (("passage_count", "2"), ("musique", "x y")):
+        row = {"prompt": "P", "answers": [answer], "max_gen_tokens": 32, "task": task}
+        write_records([row], tmp_path / f"{task}_16384.parquet")
+    examples = load_longbench(tmp_path, ["passage_count", "musique"])
+    assert sorted(e.task for e in examples) == ["longbench/musique", "longbench/passage_count"]
+    count = next(e for e in examples if e.task == "longbench/passage_count")
+    assert score_longbench(count, "2")["score"] == 1.0 and score_longbench(count, "2 or 3")["score"] == 0.5
+    assert score_longbench(count, "none")["score"] == 0.0
+
+
+def test_passage_scores_follow_longbench():
+    from refine_lm.eval.metrics import count_match, passage_match
+
+    assert passage_match("Paragraph 3", "Paragraph 3") == 1.0
+    assert passage_match("It is paragraph 3, not 12", "Paragraph 3") == 0.5
+    assert passage_match("no number", "Paragraph 3") == 0.0
+    assert count_match("There are 7 unique paragraphs among 9", "7") == 0.5

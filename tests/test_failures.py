@@ -133,9 +133,8 @@ def test_tokenizers_that_cannot_serve_the_model_are_refused(tmp_path, tiny_model
     shutil.copytree(tiny_model_dir, tmp_path / "m")
     data = json.loads((tmp_path / "m" / "tokenizer.json").read_text())
     data.pop("added_tokens")
-    data["model"] = "not a model"
     (tmp_path / "m" / "tokenizer.json").write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=r"tokenizer .*m: cannot be loaded"):
+    with pytest.raises(ConfigError, match=r"tokenizer .*m: cannot be loaded with AutoTokenizer \(KeyError: 'added_tokens'\)"):
         load_tokenizer(tmp_path / "m")
 
 
@@ -145,7 +144,7 @@ def test_generate_on_a_model_without_tokenizer_files_is_refused(tmp_path, tiny_m
     shutil.copytree(tiny_model_dir, tmp_path / "m")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (tmp_path / "m" / name).unlink(missing_ok=True)
-    with pytest.raises(ConfigError, match="no tokenizer.json or tokenizer_config.json"):
+    with pytest.raises(ConfigError, match=r"no tokenizer\.json or tokenizer_config\.json"):
         resolve_tokenizer(str(tmp_path / "m"), 512)
     assert resolve_tokenizer("random:delta_net:small", 8192).encode("é") == [195, 169]  # bytes: only for random models
 
@@ -158,7 +157,7 @@ def test_degenerate_rollout_and_sequence_settings_are_refused_at_start_up():
         load_config(TrainConfig, None, ["data.seq_len=64", "refine.num_chunks=8"])
     with pytest.raises(ConfigError, match="margin must be >= 0"):
         load_config(TrainConfig, None, ["refine.margin=-1"])
-    with pytest.raises(ConfigError, match="refine.mini_batches 3 does not divide loop.batch_size 8"):
+    with pytest.raises(ConfigError, match=r"refine\.mini_batches 3 does not divide loop\.batch_size 8"):
         load_config(TrainConfig, None, ["refine.mini_batches=3", "loop.batch_size=8"])
     with pytest.raises(ConfigError, match="seq_len must be >= 2"):
         load_config(TrainConfig, None, ["data.seq_len=1", "method=refine", "phase=post"])
@@ -187,7 +186,7 @@ def test_prepare_notices_added_changed_and_removed_source_files(tmp_path):
     with pytest.raises(ConfigError, match=rf"changed {first.name}.*overwrite=true"):
         prepare_corpus(cfg)
     (tmp_path / "text" / "new.txt").write_text("A new document. " * 40)
-    with pytest.raises(ConfigError, match="added new.txt"):
+    with pytest.raises(ConfigError, match=r"added new\.txt"):
         prepare_corpus(cfg)
 
 

@@ -28,7 +28,7 @@ from refine_lm.ops.lact import (
 )
 from refine_lm.state import FastWeightMemory, StateQuery, WindowCache
 
-from .conftest import random_ids, states_close
+from .conftest import random_ids, states_close, tiny_model
 
 TOL = dict(atol=1e-10, rtol=0)
 OPTIMISERS = [
@@ -453,3 +453,15 @@ def test_lact_llm_directory_loads_unchanged(tmp_path):
     assert torch.isfinite(out.loss)
     decoded, _ = decode_from(model, ids, 9)
     assert torch.allclose(decoded, out.logits[:, 8:39], **TOL)
+
+
+def test_no_v_silu_leaves_the_fast_values_linear_as_lact_llm_does():
+    """lact_llm: ``no_v_silu`` skips SiLU on the fast-weight v even when ``qkv_silu`` is set (its 760M configs)."""
+    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(0))
+    plain = tiny_model("lact")
+    linear_v = tiny_model("lact", no_v_silu=True)
+    linear_v.load_state_dict(plain.state_dict())
+    assert not torch.allclose(plain(ids).logits, linear_v(ids).logits)
+    mixer = linear_v.model.layers[0].attn
+    assert mixer.qkv_silu and not mixer.v_silu
+    assert not tiny_model("lact", qkv_silu=False, no_v_silu=False).model.layers[0].attn.v_silu

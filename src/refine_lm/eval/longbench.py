@@ -1,4 +1,4 @@
-"""LongBench (v1), the 12 English tasks: loading both input formats, prompts, metrics.
+"""LongBench (v1), the 16 English tasks: loading both input formats, prompts, metrics.
 
 Two input formats, told apart by their columns (in JSONL, JSON or parquet files):
 
@@ -9,12 +9,15 @@ Two input formats, told apart by their columns (in JSONL, JSON or parquet files)
 - **pre-built**: ``prompt``, ``answers``, ``max_gen_tokens``, ``task`` (one file for many tasks).
 
 A directory is read as one file per task, named ``<dataset>.jsonl`` (or ``.json`` / ``.parquet``), as
-in the LongBench release; a single file may hold rows of many tasks.
+in the LongBench release, or ``<dataset>_<anything>`` (the pre-built ``<task>_16384.parquet`` files); a
+directory without such names is read whole, each row naming its task. A single file may hold rows of
+many tasks.
 
 Prompts longer than the evaluator's ``max_length`` lose their middle. Scores follow LongBench:
 token F1 after SQuAD normalisation (QA), ROUGE-L (summaries), classification match (TREC), fuzzy
-ratio of the first non-comment line (code); the best reference counts; x100; mean per task; the
-first output line only for TREC, TriviaQA and SAMSum.
+ratio of the first non-comment line (code), the share of right numbers in the answer (passage count
+and retrieval); the best reference counts; x100; mean per task; the first output line only for TREC,
+TriviaQA and SAMSum.
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ from typing import Any
 
 from ..config import ConfigError
 from ..data.records import TABLE_SUFFIXES, read_records, require_columns, string_list
-from .metrics import classification_match, code_fuzzy_ratio, rouge_l, token_f1
+from .metrics import classification_match, code_fuzzy_ratio, count_match, passage_match, rouge_l, token_f1
 from .runner import Example
 
 
 @dataclass(frozen=True)
 class LongBenchTask:
-    metric: str  # qa_f1 | rouge_l | classification | code
+    metric: str  # qa_f1 | rouge_l | classification | code | count | retrieval
     max_new_tokens: int  # LongBench's per-task generation length
     first_line: bool  # only the first output line is scored (and generation stops at a newline)
     template: str  # this project's prompt: {context} and {input} are filled in
@@ -73,6 +76,21 @@ TASKS: dict[str, LongBenchTask] = {
     "triviaqa": LongBenchTask(
         "qa_f1", 32, True, "Answer the last question with only the answer, like the examples.\n\n{context}\n\n{input}"
     ),
+    "musique": LongBenchTask("qa_f1", 32, False, _MULTI_DOC),
+    "gov_report": LongBenchTask("rouge_l", 512, False, "Summarise the report below.\n\n{context}\n\nSummary:"),
+    "passage_count": LongBenchTask(
+        "count",
+        32,
+        False,
+        "How many different paragraphs are there below (some may repeat)? Answer with a number only.\n\n{context}\n\n"
+        "Number of different paragraphs:",
+    ),
+    "passage_retrieval_en": LongBenchTask(
+        "retrieval",
+        32,
+        False,
+        'Which paragraph below does the summary describe? Answer like "Paragraph 1".\n\n{context}\n\nSummary: {input}\n\nAnswer:',
+    ),
     "lcc": LongBenchTask("code", 64, False, _CODE + "Next line:\n"),
     "repobench-p": LongBenchTask("code", 64, False, _CODE + "{input}Next line:\n"),
 }
@@ -84,7 +102,7 @@ PREBUILT_COLUMNS = ("prompt", "answers")
 def check_datasets(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in TASKS]
     if unknown:
-        raise ConfigError(f"unknown LongBench task {unknown[0]!r} (the 12 English tasks: {', '.join(TASKS)})")
+        raise ConfigError(f"unknown LongBench task {unknown[0]!r} (the {len(TASKS)} English tasks: {', '.join(TASKS)})")
 
 
 def load_templates(path: str | Path | None) -> dict[str, str]:
@@ -105,13 +123,22 @@ def load_templates(path: str | Path | None) -> dict[str, str]:
     return templates
 
 
+def _named_task(stem: str) -> str | None:
+    """The task a file name names: ``<task>`` or ``<task>_<anything>`` (the longest such task name)."""
+    named = [t for t in TASKS if stem == t or stem.startswith(t + "_")]
+    return max(named, key=len) if named else None
+
+
 def _files(path: Path, datasets: Sequence[str]) -> list[Path]:
-    """A file as given, or from a directory the files named ``<dataset>.jsonl`` / ``.json`` / ``.parquet``."""
+    """A file as given; from a directory the files naming a wanted task, else every table file (rows name their task)."""
     if not path.is_dir():
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
         return [path]
-    files = sorted(p for p in path.iterdir() if p.suffix in TABLE_SUFFIXES and p.stem in datasets)
+    tables = sorted(p for p in path.iterdir() if p.suffix in TABLE_SUFFIXES)
+    files = [p for p in tables if _named_task(p.stem) in datasets]
+    if not files and not any(_named_task(p.stem) for p in tables):
+        files = tables
     if not files:
         raise ConfigError(f"{path}: no LongBench files for {', '.join(datasets)} (expected e.g. {datasets[0]}.jsonl)")
     return files
@@ -132,7 +159,7 @@ def load_longbench(
         prebuilt = "prompt" in rows[0]
         require_columns(rows, PREBUILT_COLUMNS if prebuilt else ORIGINAL_COLUMNS, file)
         for index, row in enumerate(rows):
-            name = row.get("task" if prebuilt else "dataset") or (file.stem if file.stem in TASKS else None)
+            name = row.get("task" if prebuilt else "dataset") or _named_task(file.stem)
             if name is None:
                 column = "task" if prebuilt else "dataset"
                 raise ConfigError(f"{file}: row {index + 1} has no {column!r} column and the file name does not name a task")
@@ -141,7 +168,7 @@ def load_longbench(
             task = TASKS[name]
             if prebuilt:
                 prompt = row["prompt"]
-                max_new_tokens = row.get("max_gen_tokens") or task.max_new_tokens
+                max_new_tokens = row.get("max_gen_tokens", task.max_new_tokens)  # 0 is an error, not the default
                 if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
                     raise ConfigError(f"{file}: row {index + 1}, column 'max_gen_tokens': expected a positive integer")
             else:
@@ -183,6 +210,10 @@ def longbench_metric(dataset: str, prediction: str, reference: str, all_classes:
         return rouge_l(prediction, reference)
     if metric == "classification":
         return classification_match(prediction, reference, all_classes)
+    if metric == "count":
+        return count_match(prediction, reference)
+    if metric == "retrieval":
+        return passage_match(prediction, reference)
     return code_fuzzy_ratio(prediction, reference)
 
 

@@ -91,3 +91,18 @@ def fraction_found(prediction: str, values: Sequence[str]) -> float:
     """Fraction of ``values`` that occur in the prediction, ignoring case (NIAH's score)."""
     found = found_each(prediction, values)
     return sum(found) / len(found) if found else 0.0
+
+
+def count_match(prediction: str, reference: str) -> float:
+    """LongBench's passage count score: the share of the numbers in the prediction that equal the reference."""
+    numbers = re.findall(r"\d+", prediction)
+    return sum(n == str(reference).strip() for n in numbers) / len(numbers) if numbers else 0.0
+
+
+def passage_match(prediction: str, reference: str) -> float:
+    """LongBench's passage retrieval score: the reference names ``Paragraph N``; the share of the numbers in the
+    prediction that are N."""
+    wanted, numbers = re.findall(r"Paragraph (\d+)", reference), re.findall(r"\d+", prediction)
+    if not wanted or not numbers:
+        return 0.0
+    return sum(n == wanted[0] for n in numbers) / len(numbers)

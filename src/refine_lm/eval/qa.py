@@ -43,15 +43,18 @@ def qa_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def load_qa_examples(path: str | Path, max_new_tokens: int = 32, task: str = "ruler_qa") -> list[Example]:
-    """Examples from RULER QA files (``prompt``, ``answer``; optional ``max_seq_length``, ``task``)."""
+def load_qa_examples(
+    path: str | Path, max_new_tokens: int = 32, task: str = "ruler_qa", limit: int | None = None
+) -> list[Example]:
+    """Examples from RULER QA files (``prompt``, ``answer``; optional ``max_seq_length``, ``task``); ``limit``:
+    the first rows of each file (a directory's later files are reached too)."""
     examples = []
     for file in qa_files(path):
-        rows = read_records(file)
+        rows = read_records(file)[:limit]
         require_columns(rows, QA_COLUMNS, file)
         for index, row in enumerate(rows):
             if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-                raise ConfigError(f"{file}: row {index}, column 'prompt': expected a non-empty string")
+                raise ConfigError(f"{file}: row {index + 1}, column 'prompt': expected a non-empty string")
             examples.append(
                 Example(
                     id=f"{file.name}/{row.get('index', index)}",

@@ -57,11 +57,11 @@ class EvalConfig:
     tokenizer: a tokenizer directory; default: the model directory.
     tasks: task names or groups: ``niah`` (= niah_single, niah_multikey, niah_multiquery,
         niah_multivalue), ``ruler_qa`` (files at ``qa_path``), ``synthetic_qa`` (made-up documents at
-        each of ``lengths``), ``longbench`` (the 12 English tasks) or ``longbench/<dataset>``,
+        each of ``lengths``), ``longbench`` (the 16 English tasks) or ``longbench/<dataset>``,
         ``perplexity`` (documents at ``perplexity.path``).
     lengths: prompt lengths in tokens of the generated tasks (NIAH, synthetic QA).
-    limit: at most this many examples per task (per task and length for generated tasks;
-        documents for perplexity); None: all.
+    limit: at most this many examples per task (per task and length for generated tasks, per file for
+        RULER QA; documents for perplexity); None: all.
     seed: seeds generated prompts, sampled generation and sampled accuracy.
     batch_size: prompts (or perplexity documents) read and generated together.
     output_dir: where results, figures and the per-example cache go.
@@ -267,7 +267,7 @@ def run_suite(cfg: EvalConfig, model, tokenizer, evaluator: Evaluator | None = N
         title = f"NIAH {variant} ({cfg.niah.haystack} haystack, {cfg.niah.values}): {results[task]['score']:.1f}%"
         figures.append(str(plots.niah_heatmap(grid, cfg.lengths, cfg.niah.depths, title, out_dir / f"{task}.png")))
     if "ruler_qa" in tasks:
-        records = run("ruler_qa", qa.load_qa_examples(cfg.qa_path, cfg.qa_max_new_tokens)[:limit], qa.score_qa)
+        records = run("ruler_qa", qa.load_qa_examples(cfg.qa_path, cfg.qa_max_new_tokens, limit=limit), qa.score_qa)
         results["ruler_qa"] = _summary(records)
         results["ruler_qa"]["by_subtask"] = _summary(records, by="subtask")["by_subtask"]
     if "synthetic_qa" in tasks:

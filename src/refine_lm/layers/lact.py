@@ -6,7 +6,7 @@ One projection gives q, k, v. They feed two branches whose outputs are summed be
   each token sees itself and the ``window_size - 1`` tokens before it);
 - the fast-weight branch: ``num_lact_heads`` SwiGLU memories read with q and trained on (k, v) once
   per chunk of ``lact_chunk_size`` tokens (see :mod:`refine_lm.ops.lact`). Its q and k are
-  rescaled per channel (``qk_scale``, ``qk_offset``), passed through SiLU (``qkv_silu``, also v),
+  rescaled per channel (``qk_scale``, ``qk_offset``), passed through SiLU (``qkv_silu``; v too unless ``no_v_silu``),
   L2-normalised per head and rotated like the attention heads; per-token learning rates are
   ``softplus(lr_proj(x) + softplus^-1(1e-3))``, momentum gates ``sigmoid(momentum_proj(x))``.
   Its output is RMS-normalised per head and scaled by ``SiLU(ttt_scale_proj(x))`` per head.
@@ -89,6 +89,7 @@ class LaCT(nn.Module, OwnInitialisation):
         self.rope_theta = float(config.rope_theta)
         self.use_muon, self.use_momentum = config.use_muon, config.use_momentum
         self.qkv_silu, self.ttt_nope = config.qkv_silu, config.ttt_nope
+        self.v_silu = config.qkv_silu and not config.no_v_silu  # lact_llm: no_v_silu overrides qkv_silu for v
         self.attn_qk_norm, self.learnable_ttt_scale = config.attn_qk_norm, config.learnable_ttt_scale
         self.w0_w2_low_rank, self.fw_init_gain = config.w0_w2_low_rank, config.fw_init_gain
         H, dk, dh = self.num_fw_heads, self.fw_head_dim, self.fw_hidden_dim
@@ -169,7 +170,9 @@ class LaCT(nn.Module, OwnInitialisation):
         cos, sin = rotary_tables(positions, self.head_dim, self.rope_theta, q.dtype)
         q, k, v = rotary(attention_heads(q), cos, sin), rotary(attention_heads(k), cos, sin), attention_heads(v)
         if self.qkv_silu:
-            fq, fk, fv = F.silu(fq), F.silu(fk), F.silu(fv)
+            fq, fk = F.silu(fq), F.silu(fk)
+        if self.v_silu:
+            fv = F.silu(fv)
         fq, fk = (l2_normalize(fw_heads(t), 1e-5, squared=False) for t in (fq, fk))
         fv = fw_heads(fv)
         if not self.ttt_nope:  # the fast q, k get the attention heads' rotation, head_dim channels at a time

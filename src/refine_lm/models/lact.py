@@ -45,10 +45,11 @@ class LaCTConfig(FastWeightConfig):
     ``inter_multi`` times that), updated every ``lact_chunk_size`` tokens with per-token learning rates
     (``lr_parameterization="mamba"``: softplus, ``lr_dim=1``), optional momentum (``use_momentum``) and
     Muon (``use_muon``); initial w0, w2 of low rank plus I/2 when ``w0_w2_low_rank > 0`` (init gain
-    ``fw_init_gain``); ``qkv_silu`` applies SiLU to the fast q, k, v; ``ttt_nope`` skips their RoPE;
+    ``fw_init_gain``); ``qkv_silu`` applies SiLU to the fast q, k, v (``no_v_silu``: not to v);
+    ``ttt_nope`` skips their RoPE;
     ``learnable_ttt_scale`` scales each head's output by ``SiLU(x W)``.
 
-    Kept so configs round-trip, without effect here (as in lact_llm, or kernel choices): ``no_v_silu``,
+    Kept so configs round-trip, without effect here (as in lact_llm, or kernel choices):
     ``max_position_embeddings``, ``elementwise_affine``, ``fuse_*``, ``last_layer_fuse_norm``,
     ``use_fused_kernel``, ``fp32_states`` (the fast weights are always kept in >= fp32). Refused with an
     error: ``ttt_prenorm=True``, ``lr_dim != 1``, other ``lr_parameterization`` / ``ttt_loss_type``.
