@@ -203,3 +203,14 @@ def test_empty_answers_are_refused_and_rows_are_numbered_from_one():
     with pytest.raises(ConfigError, match=r"qa\.jsonl: row 3, column 'answer': expected a non-empty list of non-empty"):
         string_list(["Paris", ""], "qa.jsonl", 2, "answer")
     assert string_list("A|B", "qa.jsonl", 0, "answer") == ["A|B"]
+
+
+def test_json_errors_read_as_sentences(tmp_path):
+    from refine_lm.data.sources import SkipLog, SourceConfig, read_source
+
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "unterminated\n')
+    skips = SkipLog()
+    list(read_source(SourceConfig(kind="jsonl", path=str(path)), skips))
+    message = str(skips.items[0])
+    assert "a.jsonl:2: not valid JSON (Invalid control character: column 23)" in message  # once "... at at column 23"

@@ -76,6 +76,13 @@ def _yaml_item(text: str, source: str, key: str) -> Any:
         raise ConfigError(f"{source}: {key}: {text!r} is not a valid value ({problem})") from None
 
 
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in given.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, recursively; errors name ``source`` and the dotted key."""
     if not isinstance(data, dict):
@@ -89,6 +96,10 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
+        factory = fields[name].default_factory
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) and factory is not dataclasses.MISSING:
+            # keys not given keep the command's own default (e.g. the demo's 20 steps), not the section class's
+            value = _merged(dataclasses.asdict(factory()), value)
         kwargs[name] = _convert(hints[name], value, source, prefix + name)
     try:
         return cls(**kwargs)

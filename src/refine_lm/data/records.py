@@ -41,7 +41,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+            raise ConfigError(f"{path}: invalid JSON ({e.msg.removesuffix(' at')}: line {e.lineno})") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ConfigError(f"{path}: expected a JSON list of objects")
     else:

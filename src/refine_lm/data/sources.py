@@ -367,7 +367,7 @@ def _jsonl_records(path: Path, cfg: SourceConfig, skips: SkipLog) -> Iterator[tu
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                skips.add(cfg.name, where, "invalid-json", f"not valid JSON ({e.msg} at column {e.colno})")
+                skips.add(cfg.name, where, "invalid-json", f"not valid JSON ({e.msg.removesuffix(' at')}: column {e.colno})")
                 continue
             if not isinstance(record, dict):
                 skips.add(cfg.name, where, "not-an-object", f"a JSON {type(record).__name__}, expected an object")
