@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,12 +51,13 @@ class GatedRMSNorm(RMSNorm):
         return (upcast(y) * F.silu(upcast(gate))).to(x.dtype)
 
 
-class OwnInitialisation:
+class OwnInitialisation(abc.ABC):
     """A module with parameters that are not Linear, Embedding or norm weights, initialised its own way:
     the models' weight initialisation calls ``init_own_parameters`` on every such module."""
 
+    @abc.abstractmethod
     def init_own_parameters(self) -> None:
-        raise NotImplementedError
+        """(Re-)initialise those parameters (with ``transformers.initialization``, which leaves loaded ones alone)."""
 
 
 class ShortConvolution(nn.Conv1d):
