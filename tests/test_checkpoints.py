@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from refine_lm import DeltaNetForCausalLM, GatedDeltaNetForCausalLM
 from refine_lm.models import DeltaNetModel
-from refine_lm.models.registry import load_model
+from refine_lm.models.registry import build_model, load_model
 
 from .conftest import random_ids, tiny_model
 
@@ -127,3 +128,66 @@ def test_tied_embeddings_round_trip(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert loaded.lm_head.weight is loaded.model.embeddings.weight
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+# every field of flash-linear-attention 0.6's DeltaNetConfig and GatedDeltaNetConfig (their __init__ signatures)
+FLA_06_DELTA_NET_FIELDS = str.split(
+    "attn_mode hidden_size expand_k expand_v use_gate use_short_conv allow_neg_eigval conv_size use_beta use_output_norm "
+    "num_heads qk_norm qk_activation max_position_embeddings hidden_ratio intermediate_size hidden_act num_hidden_layers "
+    "norm_eps attn use_cache pad_token_id bos_token_id eos_token_id tie_word_embeddings initializer_range fuse_norm "
+    "fuse_swiglu fuse_cross_entropy fuse_linear_cross_entropy vocab_size attnres_block_size"
+)
+FLA_06_GATED_DELTANET_FIELDS = str.split(
+    "attn_mode hidden_size expand_v use_gate use_short_conv allow_neg_eigval conv_size head_dim num_heads num_v_heads "
+    "max_position_embeddings hidden_ratio intermediate_size hidden_act num_hidden_layers norm_eps attn use_cache "
+    "pad_token_id bos_token_id eos_token_id tie_word_embeddings initializer_range fuse_norm fuse_swiglu fuse_cross_entropy "
+    "fuse_linear_cross_entropy use_l2warp vocab_size attnres_block_size output_gate_activation"
+)
+
+
+def test_every_fla_config_field_is_known():
+    from refine_lm.models import DeltaNetConfig, GatedDeltaNetConfig
+
+    assert set(FLA_06_DELTA_NET_FIELDS) <= set(DeltaNetConfig.fields)
+    assert set(FLA_06_GATED_DELTANET_FIELDS) <= set(GatedDeltaNetConfig.fields)
+
+
+def test_sum_qk_norm_divides_by_the_floored_l1_norm_as_fla():
+    """fla's sum_norm is ``F.normalize(x, p=1, eps=1e-6)``: a ReLU'd key that is all zero stays zero, not NaN."""
+    model = tiny_model("delta_net", qk_norm="sum", qk_activation="relu")
+    mixer = model.model.layers[0].attn
+    with torch.no_grad():
+        mixer.k_proj.weight[:16] = -mixer.k_proj.weight[:16].abs()  # head 0's keys: negative for positive inputs
+    x = torch.rand(1, 6, 64, dtype=torch.float64)
+    _, k, *_ = mixer._heads(x, mixer._project(x))
+    assert torch.equal(k[..., 0, :], torch.zeros_like(k[..., 0, :]))
+    assert torch.allclose(k.abs().sum(-1)[..., 1:], torch.ones(1, 6, 3, dtype=torch.float64))
+    assert torch.isfinite(model(random_ids(1, 12)).logits).all()
+
+
+def test_sigmoid_output_gate_of_gated_deltanet():
+    ids = random_ids(1, 12)
+    swish = tiny_model("gated_deltanet")
+    sigmoid = tiny_model("gated_deltanet", output_gate_activation="sigmoid")
+    sigmoid.load_state_dict(swish.state_dict())
+    norm = sigmoid.model.layers[0].attn.o_norm
+    x, gate = (torch.randn(3, norm.weight.numel(), dtype=torch.float64) for _ in range(2))
+    expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight * torch.sigmoid(gate)
+    assert torch.allclose(norm(x, gate), expected)
+    assert not torch.allclose(swish(ids).logits, sigmoid(ids).logits, atol=1e-3)
+    with pytest.raises(ValueError, match="output_gate_activation"):
+        tiny_model("gated_deltanet", output_gate_activation="tanh")
+
+
+def test_attention_residuals_are_refused_by_name():
+    for arch in ("delta_net", "gated_deltanet"):
+        with pytest.raises(ValueError, match="attnres_block_size=2"):
+            tiny_model(arch, attnres_block_size=2)
+
+
+def test_expanded_key_and_value_dims_round_as_fla():
+    # 100 * 0.29 is 28.999999999999996 in floating point: fla rounds it to 29
+    model = build_model("delta_net", "tiny", hidden_size=100, num_heads=1, expand_k=0.29, expand_v=0.29)
+    assert model.model.layers[0].attn.key_dim == 29 and model.model.layers[0].attn.value_dim == 29
+    with pytest.raises(ValueError, match="expand_k"):
+        build_model("delta_net", "tiny", expand_k=0.3)  # 64 * 0.3 = 19.2

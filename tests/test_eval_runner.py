@@ -61,14 +61,17 @@ def test_interrupted_evaluation_resumes_with_the_same_results(tmp_path, eval_tok
     records = resumed.run(examples, score_niah, ExampleCache(path, "fp"))
     assert [r["output"] for r in records] == [r["output"] for r in reference]
     assert [r["score"] for r in records] == [r["score"] for r in reference]
-    assert resumed.throughput.generated_tokens == 3 * 6  # only the 3 unfinished examples were generated
+    assert resumed.throughput.examples == 3 and resumed.throughput.cached_examples == 2  # only 3 were generated
+    assert resumed.throughput.generated_tokens == 5 * 6  # the 2 from the cache count with their recorded figures
 
     again = Evaluator(model, eval_tokenizer, batch_size=2, progress=False)
     again.run(examples, score_niah, ExampleCache(path, "fp"))
-    assert again.throughput.generated_tokens == 0
+    assert again.throughput.examples == 0 and again.throughput.cached_examples == 5
+    kept = again.throughput.as_dict()
+    assert kept["generated_tokens"] == 5 * 6 and kept["decode_seconds"] > 0 and kept["generated_tokens_per_s"] > 0
     other = Evaluator(model, eval_tokenizer, batch_size=2, progress=False)
     other.run(examples, score_niah, ExampleCache(path, "another model"))
-    assert other.throughput.generated_tokens == 5 * 6  # a different fingerprint never reuses answers
+    assert other.throughput.examples == 5  # a different fingerprint never reuses answers
 
 
 def test_generation_seam_and_first_line_rule(eval_tokenizer):
@@ -181,8 +184,10 @@ def test_refine_lm_eval_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert len(cached) == 4 and all(r["prompt_tokens"] <= 600 for r in cached)
     assert main(args) == 0  # everything cached: the same results again, nothing generated
     again = json.loads((out / "results.json").read_text())
-    assert again["results"] == results and again["throughput"]["generated_tokens"] == 0
+    assert again["results"] == results
     assert again["throughput"]["examples"] == 0 and again["throughput"]["cached_examples"] == report["throughput"]["examples"] > 0
+    for figure in ("prompt_tokens", "generated_tokens", "prefill_tokens_per_s", "generated_tokens_per_s"):
+        assert again["throughput"][figure] == pytest.approx(report["throughput"][figure], rel=1e-6), figure
 
 
 def test_cache_fingerprint_follows_the_content_of_config_weights_and_tokenizer(tmp_path, tiny_model_dir):

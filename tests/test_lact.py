@@ -6,6 +6,7 @@ The generic model tests (tests/test_models.py, tests/test_checkpoints.py) run fo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from refine_lm import LaCTConfig, LaCTForCausalLM, LaCTState, ModelState
 from refine_lm.models.registry import build_config, build_model, load_model
 from refine_lm.ops.lact import (
     NEWTON_SCHULZ_COEFFICIENTS,
+    Muon,
     chunk_fast_weights,
     fast_weight_gradients,
     fast_weight_step,
@@ -185,6 +187,7 @@ def test_chunkwise_fast_weights_from_rows_at_different_positions_equal_the_direc
     """Rows whose memories sit at different positions (partly filled chunks) are read together in one call."""
     H, dk, C, T, rest = 2, 4, 6, 29, 14
     use_muon, momentum = optimiser["use_muon"], optimiser["use_momentum"]
+    muon = Muon(None) if use_muon else None
     g = torch.Generator().manual_seed(3)
     q, k, v = (F.normalize(torch.randn(3, T, H, dk, generator=g, dtype=torch.float64), dim=-1) for _ in range(3))
     lr = torch.rand(3, T, H, 3, generator=g, dtype=torch.float64)
@@ -199,12 +202,12 @@ def test_chunkwise_fast_weights_from_rows_at_different_positions_equal_the_direc
         if length == 0:
             return memory
         prefix = [None if x is None else x[b : b + 1, :length] for x in inputs]
-        return chunk_fast_weights(*prefix, memory, torch.tensor([0]), chunk_size=C, use_muon=use_muon)[1]
+        return chunk_fast_weights(*prefix, memory, torch.tensor([0]), chunk_size=C, muon=muon)[1]
 
     memory = FastWeightMemory.cat([read_alone(b, s) for b, s in enumerate(starts)])
     query = StateQuery(torch.tensor([2, 0, 1, 1]), torch.tensor([0, 14, 2, 9]))
     new = rows_from(inputs, starts, rest)
-    o, final, at_query = chunk_fast_weights(*new, memory, torch.tensor(starts), chunk_size=C, use_muon=use_muon, query=query)
+    o, final, at_query = chunk_fast_weights(*new, memory, torch.tensor(starts), chunk_size=C, muon=muon, query=query)
     for b, s in enumerate(starts):
         expected = reference_fast_weights(q[b], k[b], v[b], lr[b], None if gate is None else gate[b], weights, C, use_muon)
         assert torch.allclose(o[b], expected[s : s + rest], **TOL), b
@@ -215,7 +218,7 @@ def test_chunkwise_fast_weights_from_rows_at_different_positions_equal_the_direc
     position = torch.tensor(starts)
     for t in range(rest):
         token = [None if x is None else x[:, t] for x in new]
-        o_t, memory = fast_weight_step(*token, memory, position, chunk_size=C, use_muon=use_muon)
+        o_t, memory = fast_weight_step(*token, memory, position, chunk_size=C, muon=muon)
         position = position + 1
         assert torch.allclose(o_t, o[:, t], **TOL), t
     assert states_close(memory, final)
@@ -465,3 +468,53 @@ def test_no_v_silu_leaves_the_fast_values_linear_as_lact_llm_does():
     mixer = linear_v.model.layers[0].attn
     assert mixer.qkv_silu and not mixer.v_silu
     assert not tiny_model("lact", qkv_silu=False, no_v_silu=False).model.layers[0].attn.v_silu
+
+
+def lact_llm_newton_schulz(g: Tensor) -> Tensor:
+    """lact_llm's ``zeropower_via_newtonschulz5`` as it computes it: cast to bf16 first, every step in bf16."""
+    x = g.bfloat16()
+    tall = g.shape[-2] > g.shape[-1]
+    x = x.transpose(-1, -2) if tall else x
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for a, b, c in NEWTON_SCHULZ_COEFFICIENTS:
+        gram = x @ x.transpose(-1, -2)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.transpose(-1, -2) if tall else x).float()
+
+
+def test_muon_orthogonalises_in_bf16_like_lact_llm_and_in_fp32_when_asked():
+    g = torch.Generator().manual_seed(4)
+    grads = (torch.randn(2, 2, 12, 8, generator=g), torch.randn(2, 2, 8, 12, generator=g), torch.randn(2, 2, 12, 8, generator=g))
+    for got, grad in zip(Muon()(grads), grads):
+        assert got.dtype == torch.float32 and torch.equal(got, lact_llm_newton_schulz(grad))
+    exact = Muon(None)(grads)
+    assert all(torch.equal(e, newton_schulz(grad)) for e, grad in zip(exact, grads))
+    assert max((a - b).abs().max() for a, b in zip(Muon()(grads), exact)) > 1e-3  # bf16 is not a rounding detail
+
+
+def test_fused_kernel_muon_orthogonalises_w0_and_w2_as_one_matrix():
+    """lact_llm's fused path keeps w0 and w2 stacked as ``[w0; w2]`` and runs Newton-Schulz on their joint update."""
+    g = torch.Generator().manual_seed(5)
+    g0, g1, g2 = (torch.randn(1, 2, *shape, generator=g) for shape in ((12, 8), (8, 12), (12, 8)))
+    j0, j1, j2 = Muon(None, joint_w0_w2=True)((g0, g1, g2))
+    joint = newton_schulz(torch.cat([g0, g2], dim=-2))
+    assert torch.equal(torch.cat([j0, j2], dim=-2), joint) and torch.equal(j1, newton_schulz(g1))
+    assert not torch.allclose(j0, newton_schulz(g0), atol=1e-3)
+
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(0))
+    apart = tiny_model("lact", use_muon=True, lact_chunk_size=8)
+    fused = tiny_model("lact", use_muon=True, lact_chunk_size=8, use_fused_kernel=True)
+    fused.load_state_dict(apart.state_dict())
+    assert fused.model.layers[0].attn.muon.joint_w0_w2
+    assert not torch.allclose(apart(ids).logits, fused(ids).logits, atol=1e-4)
+
+
+def test_newton_schulz_dtype_defaults_to_lact_llm_and_the_shipped_base_keeps_fp32():
+    assert LaCTConfig().newton_schulz_dtype == "bfloat16"
+    lact_llm_like = tiny_model("lact", use_muon=True, newton_schulz_dtype="bfloat16")
+    assert lact_llm_like.model.layers[0].attn.muon.dtype == torch.bfloat16
+    assert build_config("lact", "small").newton_schulz_dtype == "bfloat16"
+    shipped = json.loads((Path(__file__).parents[1] / "bases" / "lact" / "config.json").read_text())
+    assert shipped["use_muon"] and shipped["newton_schulz_dtype"] == "float32"  # the dtype it was trained with
+    with pytest.raises(ValueError, match="newton_schulz_dtype"):
+        tiny_model("lact", use_muon=True, newton_schulz_dtype="float16")

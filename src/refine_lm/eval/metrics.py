@@ -10,7 +10,9 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 from functools import cache
+from typing import Literal
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
@@ -44,19 +46,43 @@ def _rouge_scorer():
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure (longest common subsequence of words), from the ``rouge-score`` package."""
-    if not prediction.strip() or not reference.strip():
+RougeImplementation = Literal["rouge", "rouge-score"]
+
+
+def rouge_l(prediction: str, reference: str, implementation: RougeImplementation = "rouge") -> float:
+    """ROUGE-L F-measure (longest common subsequence of words).
+
+    ``rouge`` (LongBench's scorer): the ``rouge`` package's summary-level ROUGE-L. It is case-sensitive,
+    keeps punctuation on the words and splits sentences at ".", and what it refuses to score (an empty
+    or all-punctuation prediction) scores 0, as LongBench catches it. ``rouge-score``: Google's package
+    (lower case, punctuation dropped), the one most other tools report; it gives higher scores.
+    """
+    if implementation == "rouge-score":
+        if not prediction.strip() or not reference.strip():
+            return 0.0
+        return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
+    from rouge import Rouge
+
+    try:
+        return float(Rouge().get_scores([prediction], [reference], avg=True)["rouge-l"]["f"])
+    except (ValueError, RecursionError):  # empty after its tokenisation; an LCS too deep for its recursion
         return 0.0
-    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
 
 
 def classification_match(prediction: str, reference: str, all_classes: Sequence[str]) -> float:
     """LongBench's TREC score: the class names that occur in the prediction are its guesses, except
-    names that only occur as part of the reference (e.g. "city" inside "other city"); the score is
-    ``1 / (number of guesses)`` when the reference is among them, else 0."""
+    names that only occur as part of the reference (e.g. "City" inside "Other city"); the score is
+    ``1 / (number of guesses)`` when the reference is among them, else 0.
+
+    LongBench drops those names from the list it is iterating over, so the guess right after a dropped
+    one is never checked (and stays); done the same way here, so that scores equal its scorer's.
+    """
     guesses = [name for name in all_classes if name in prediction]
-    guesses = [name for name in guesses if name == reference or name not in reference]
+    i = 0
+    while i < len(guesses):
+        if guesses[i] in reference and guesses[i] != reference:
+            del guesses[i]  # the next guess moves into slot i and is skipped
+        i += 1
     return 1.0 / len(guesses) if reference in guesses else 0.0
 
 
@@ -69,10 +95,15 @@ def first_code_line(text: str) -> str:
 
 
 def code_fuzzy_ratio(prediction: str, reference: str) -> float:
-    """Fuzzy similarity (rapidfuzz's normalised Indel ratio) of the first code line of the prediction."""
-    from rapidfuzz import fuzz
-
-    return fuzz.ratio(first_code_line(prediction), reference) / 100.0
+    """LongBench's code similarity: fuzzywuzzy's ``ratio`` of the first code line of the prediction, in
+    hundredths. fuzzywuzzy as LongBench installs it (no python-Levenshtein) is difflib's matching-blocks
+    ratio, rounded to a whole percent, 1 for equal strings and 0 when one of them is empty."""
+    line = first_code_line(prediction)
+    if line == reference:
+        return 1.0
+    if not line or not reference:
+        return 0.0
+    return round(100 * SequenceMatcher(None, line, reference).ratio()) / 100
 
 
 def contains_any(prediction: str, references: Sequence[str]) -> float:

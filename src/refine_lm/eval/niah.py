@@ -30,9 +30,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..data.reserved import NOISE_SENTENCES, VALUE_WORDS
 from .metrics import found_each
 from .runner import Example
-from .synthetic import NOISE_SENTENCES, VALUE_WORDS, fit_count, seeded_uuid, word_pair
+from .synthetic import fit_count, seeded_uuid, word_pair
 
 VARIANTS = ("single", "multikey", "multiquery", "multivalue")
 

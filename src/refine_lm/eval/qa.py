@@ -16,9 +16,10 @@ from typing import Any
 
 from ..config import ConfigError
 from ..data.records import TABLE_SUFFIXES, read_records, require_columns, string_list
+from ..data.reserved import ADJECTIVES, NOUNS, words
 from .metrics import contains_any
 from .runner import Example
-from .synthetic import ADJECTIVES, NOUNS, fit_count, words
+from .synthetic import fit_count
 
 QA_COLUMNS = ("prompt", "answer")
 

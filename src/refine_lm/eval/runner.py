@@ -119,8 +119,10 @@ class ExampleCache:
 
 @dataclass
 class Throughput:
-    """Tokens and seconds spent reading prompts (prefill) and generating (decode), over the examples this run
-    answered (``examples``); ``cached_examples`` were answered by an earlier run and cost nothing here."""
+    """Tokens and seconds spent reading prompts (prefill) and generating (decode) over every example of the
+    evaluation: the ``examples`` this run answered, timed now, and the ``cached_examples`` an earlier run
+    answered, with the share of its batch's time that run recorded, so a re-run from the cache reports
+    the figures of the run that produced the answers."""
 
     examples: int = 0
     cached_examples: int = 0
@@ -128,6 +130,14 @@ class Throughput:
     prefill_seconds: float = 0.0
     generated_tokens: int = 0
     decode_seconds: float = 0.0
+
+    def add_cached(self, record: dict[str, Any]) -> None:
+        self.cached_examples += 1
+        if "prefill_seconds" in record:  # records written before the timings were kept count as examples only
+            self.prompt_tokens += record["prompt_tokens"]
+            self.generated_tokens += record["generated_tokens"]
+            self.prefill_seconds += record["prefill_seconds"]
+            self.decode_seconds += record["decode_seconds"]
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -252,7 +262,10 @@ class Evaluator:
         done = {k: cache.records[k] for k in keys if cache and k in cache.records}
         pending = [(k, e) for k, e in zip(keys, examples) if k not in done]
         self.throughput.examples += len(pending)
-        self.throughput.cached_examples += len(keys) - len(pending)
+        for key, example in zip(keys, examples):
+            if key in done:  # rescored, so a change of metric never leaves a stale score
+                done[key] = {**done[key], **score(example, done[key]["prediction"])}
+                self.throughput.add_cached(done[key])
         if pending:
             encoded = {k: self.encode(e) for k, e in pending}
             # batches of one generation setting, longest prompts first (less padding, early out-of-memory)
@@ -268,7 +281,10 @@ class Evaluator:
                 head = batch[0][1]
                 prompts = [encoded[k][0] for k, _ in batch]
                 self.last_generation_info = []
+                before = self.throughput.prefill_seconds, self.throughput.decode_seconds
                 outputs = self.generate(prompts, head.max_new_tokens, head.first_line)
+                prefill_share = (self.throughput.prefill_seconds - before[0]) / len(batch)
+                decode_share = (self.throughput.decode_seconds - before[1]) / len(batch)
                 info = self.last_generation_info or [{} for _ in batch]
                 records = []
                 for (key, example), output, extra in zip(batch, outputs, info, strict=True):
@@ -286,6 +302,8 @@ class Evaluator:
                             "prompt_tokens": len(encoded[key][0]),
                             "truncated": encoded[key][1],
                             "generated_tokens": len(output),
+                            "prefill_seconds": prefill_share,
+                            "decode_seconds": decode_share,
                             **extra,
                             "meta": example.meta,
                         }

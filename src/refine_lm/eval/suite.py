@@ -8,6 +8,7 @@ example: prompt length, output, answer, score), which a re-run reuses.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from collections import defaultdict
@@ -25,6 +26,7 @@ from ..files import sha256_file
 from ..ops.dtypes import Precision, resolve_precision
 from ..refine.objective import RefineConfig
 from . import longbench, niah, plots, qa
+from .metrics import RougeImplementation
 from .niah import NIAHConfig
 from .perplexity import PerplexityConfig, bucket_edges, evaluate_perplexity, summarise_perplexity
 from .runner import Evaluator, Example, ExampleCache, Scorer, mean
@@ -74,6 +76,8 @@ class EvalConfig:
     longbench_path: LongBench data: a file or directory, original JSONL or pre-built prompts.
     longbench_prompts: a JSON file of prompt templates per dataset (e.g. the official
         dataset2prompt.json) replacing this project's templates.
+    longbench_rouge: ROUGE-L of the summary tasks: ``rouge`` (LongBench's scorer, the default) or
+        ``rouge-score`` (Google's package: lower case, no punctuation; higher scores, as most other tools report).
     perplexity: documents, length and position buckets of the ``perplexity`` task.
     do_sample / temperature / top_p: sampled generation (greedy by default).
     device / precision / backend: where and how the model runs (``fla`` needs CUDA).
@@ -111,6 +115,7 @@ class EvalConfig:
     synthetic_qa_per_length: int = 20
     longbench_path: str | None = None
     longbench_prompts: str | None = None
+    longbench_rouge: RougeImplementation = "rouge"
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     do_sample: bool = False
     temperature: float = 1.0
@@ -280,7 +285,8 @@ def run_suite(cfg: EvalConfig, model, tokenizer, evaluator: Evaluator | None = N
         for dataset in wanted:
             task = f"longbench/{dataset}"
             subset = [e for e in examples if e.task == task][:limit]
-            results[task] = _summary(run(task, subset, longbench.score_longbench), by=None)
+            score = functools.partial(longbench.score_longbench, rouge=cfg.longbench_rouge)
+            results[task] = _summary(run(task, subset, score), by=None)
         results["longbench"] = {"average": mean([results[f"longbench/{d}"]["score"] for d in wanted]), "tasks": len(wanted)}
     if "perplexity" in tasks:
         length = cfg.perplexity.length or max(cfg.lengths)
@@ -369,8 +375,11 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines.append("")
     t = report["throughput"]
     if t["prompt_tokens"]:
+        cached = ""
+        if t["cached_examples"]:
+            cached = f"; {t['cached_examples']} examples from the cache, timed by the run that answered them"
         lines.append(
             f"Evaluator throughput: prefill {t['prefill_tokens_per_s']:,.0f} tokens/s ({t['prompt_tokens']:,} prompt tokens), "
-            f"generation {t['generated_tokens_per_s']:,.1f} tokens/s ({t['generated_tokens']:,} tokens)."
+            f"generation {t['generated_tokens_per_s']:,.1f} tokens/s ({t['generated_tokens']:,} tokens){cached}."
         )
     return "\n".join(lines).rstrip()

@@ -43,12 +43,21 @@ class RMSNorm(nn.Module):
         return y.to(x.dtype)
 
 
+_GATE_ACTIVATIONS = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid}
+
+
 class GatedRMSNorm(RMSNorm):
-    """``RMSNorm(x) * SiLU(gate)`` (flash-linear-attention's ``FusedRMSNormGated``)."""
+    """``RMSNorm(x) * act(gate)``, act SiLU (``swish``) or sigmoid (flash-linear-attention's ``FusedRMSNormGated``)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, activation: str = "swish"):
+        super().__init__(hidden_size, eps)
+        if activation not in _GATE_ACTIVATIONS:
+            raise ValueError(f"output_gate_activation must be one of {sorted(_GATE_ACTIVATIONS)}, got {activation!r}")
+        self.activation = _GATE_ACTIVATIONS[activation]
 
     def forward(self, x: Tensor, gate: Tensor) -> Tensor:  # type: ignore[override]
         y = super().forward(x)
-        return (upcast(y) * F.silu(upcast(gate))).to(x.dtype)
+        return (upcast(y) * self.activation(upcast(gate))).to(x.dtype)
 
 
 class OwnInitialisation(abc.ABC):

@@ -5,6 +5,7 @@ then run the (gated) delta rule over heads and project back:
 
     DeltaNet:        S_t = S_{t-1} + b_t k_t (v_t - S_{t-1}^T k_t)^T              o = RMSNorm(S^T q) W_o
     Gated DeltaNet:  S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T         o = (RMSNorm(S^T q) * SiLU(x W_g)) W_o
+                     (sigmoid instead of SiLU with output_gate_activation: sigmoid)
                      a_t = exp(-exp(A_log) * softplus(x W_a + dt_bias))
 
 Every layer offers the three execution paths of :mod:`refine_lm.ops.delta_rule` (chunkwise /
@@ -53,6 +54,7 @@ class DeltaRuleMixer(nn.Module, abc.ABC):
     use_gate: bool
     qk_activation: str = "silu"
     qk_norm: str = "l2"
+    output_gate_activation: str = "swish"
 
     # ----- parameters -------------------------------------------------------------------------
     def _build(self, hidden_size: int, norm_eps: float, conv_bias: bool = False) -> None:
@@ -67,7 +69,7 @@ class DeltaRuleMixer(nn.Module, abc.ABC):
             self.v_conv1d = ShortConvolution(value_dim, self.conv_size, bias=conv_bias)
         if self.use_gate:
             self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
-            self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps)
+            self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps, activation=self.output_gate_activation)
         else:
             self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(value_dim, hidden_size, bias=False)
@@ -106,8 +108,8 @@ class DeltaRuleMixer(nn.Module, abc.ABC):
         v = v.unflatten(-1, (self.num_v_heads, self.head_v_dim))
         if self.qk_norm == "l2":
             q, k = l2_normalize(upcast(q), 1e-6, squared=True), l2_normalize(upcast(k), 1e-6, squared=True)
-        else:  # "sum"
-            q, k = q / q.sum(-1, keepdim=True), k / k.sum(-1, keepdim=True)
+        else:  # "sum": divided by the L1 norm, floored (fla's sum_norm), so an all-zero q or k stays finite
+            q, k = F.normalize(q, p=1, dim=-1, eps=1e-6), F.normalize(k, p=1, dim=-1, eps=1e-6)
         if self.num_v_heads > self.num_heads:
             share = self.num_v_heads // self.num_heads
             q, k = q.repeat_interleave(share, dim=-2), k.repeat_interleave(share, dim=-2)
@@ -187,7 +189,12 @@ class DeltaNet(DeltaRuleMixer):
         if config.qk_norm not in ("l2", "sum"):
             raise ValueError(f"qk_norm must be 'l2' or 'sum', got {config.qk_norm!r}")
         self.layer_idx = layer_idx
-        key_dim, value_dim = int(config.hidden_size * config.expand_k), int(config.hidden_size * config.expand_v)
+        key_dim, value_dim = config.hidden_size * config.expand_k, config.hidden_size * config.expand_v
+        for name, dim in (("expand_k", key_dim), ("expand_v", value_dim)):
+            if not math.isclose(dim, round(dim)):
+                raise ValueError(f"hidden_size * {name} = {dim} must be an integer")
+        # rounded as fla does: 100 * 0.29 is 28.999999999999996, which int() would cut to 28
+        key_dim, value_dim = round(key_dim), round(value_dim)
         if key_dim % config.num_heads or value_dim % config.num_heads:
             raise ValueError(f"key dim {key_dim} and value dim {value_dim} must be divisible by num_heads={config.num_heads}")
         self.num_heads = self.num_v_heads = config.num_heads
@@ -224,6 +231,7 @@ class GatedDeltaNet(DeltaRuleMixer, OwnInitialisation):
             raise ValueError(f"head_dim * expand_v = {config.head_dim * config.expand_v} must be an integer")
         self.use_short_conv, self.conv_size = config.use_short_conv, config.conv_size
         self.use_gate = config.use_gate
+        self.output_gate_activation = config.output_gate_activation
         self.allow_neg_eigval = config.allow_neg_eigval
         self._build(config.hidden_size, config.norm_eps)
         self.a_proj = nn.Linear(config.hidden_size, self.num_v_heads, bias=False)

@@ -19,9 +19,12 @@ Where this differs from ``lact_llm`` (same parameters, same math otherwise):
   continues exactly where a full forward would be, across chunk boundaries;
 - it skips the update after an input's last chunk (nothing reads it); here the state continues, so
   every complete chunk is applied (outputs are unchanged);
-- its fast-weight ops run in bf16 under autocast, Newton-Schulz in bf16; here the fast-weight branch
-  and the attention run in fp32 (fp64 with fp64 inputs), so bf16-trained checkpoints give close but
-  not bit-identical outputs; attention uses ``scaled_dot_product_attention`` with a band mask
+- its fast-weight ops run in bf16 under autocast; here the fast-weight branch and the attention run
+  in fp32 (fp64 with fp64 inputs), so bf16-trained checkpoints give close but not bit-identical
+  outputs. Its Newton-Schulz casts to bf16, which changes outputs far more (logits by 1-2 on tiny
+  models): ``newton_schulz_dtype`` (default ``bfloat16``, as lact_llm) chooses, and with
+  ``use_fused_kernel`` the update of w0 and w2 is orthogonalised as one matrix, as its fused
+  kernels do; attention uses ``scaled_dot_product_attention`` with a band mask
   instead of flash-attn;
 - padding: its fast weights read left padding as tokens; here padding never enters the memory;
 - ``ttt_prenorm=True`` and ``lr_dim > 1`` are refused rather than approximated.
@@ -38,6 +41,7 @@ from transformers import initialization as init
 
 from ..ops.dtypes import compute_dtype, upcast
 from ..ops.lact import (
+    Muon,
     chunk_fast_weights,
     fast_weight_step,
     inverse_softplus,
@@ -87,7 +91,11 @@ class LaCT(nn.Module, OwnInitialisation):
         self.fw_hidden_dim = int(self.fw_head_dim * config.inter_multi)
         self.chunk_size, self.window_size = config.lact_chunk_size, config.window_size
         self.rope_theta = float(config.rope_theta)
-        self.use_muon, self.use_momentum = config.use_muon, config.use_momentum
+        self.use_momentum = config.use_momentum
+        self.muon = None
+        if config.use_muon:
+            dtype = torch.bfloat16 if config.newton_schulz_dtype == "bfloat16" else None  # None: fp32 (fp64 inputs: fp64)
+            self.muon = Muon(dtype, joint_w0_w2=config.use_fused_kernel)
         self.qkv_silu, self.ttt_nope = config.qkv_silu, config.ttt_nope
         self.v_silu = config.qkv_silu and not config.no_v_silu  # lact_llm: no_v_silu overrides qkv_silu for v
         self.attn_qk_norm, self.learnable_ttt_scale = config.attn_qk_norm, config.learnable_ttt_scale
@@ -214,7 +222,7 @@ class LaCT(nn.Module, OwnInitialisation):
         q, k, v, fq, fk, fv, lr, gate = self._project(x, positions)
         attention, window, window_at_query = window_attention(q, k, v, state.window, state.position, query=query)
         fast_out, fast, fast_at_query = chunk_fast_weights(
-            fq, fk, fv, lr, gate, state.fast, state.position, chunk_size=self.chunk_size, use_muon=self.use_muon, query=query
+            fq, fk, fv, lr, gate, state.fast, state.position, chunk_size=self.chunk_size, muon=self.muon, query=query
         )
         y = self._output(x, attention, fast_out)
         query_state = None
@@ -236,7 +244,7 @@ class LaCT(nn.Module, OwnInitialisation):
             state.fast,
             state.position,
             chunk_size=self.chunk_size,
-            use_muon=self.use_muon,
+            muon=self.muon,
         )
         y = self._output(x, attention[:, None], fast_out[:, None])
         return y[:, 0], LaCTState(fast, window, state.position + 1)
@@ -272,6 +280,8 @@ def _check_config(config) -> None:
         raise ValueError(f"lact_chunk_size must be >= 1, got {config.lact_chunk_size}")
     if config.rope_theta is None:
         raise ValueError("rope_theta must be set (LaCT rotates its attention and fast-weight queries and keys)")
+    if config.newton_schulz_dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"LaCT config newton_schulz_dtype must be 'bfloat16' or 'float32', got {config.newton_schulz_dtype!r}")
     unsupported = {
         "ttt_prenorm": (config.ttt_prenorm, False),
         "lr_dim": (config.lr_dim, 1),

@@ -113,6 +113,11 @@ class FastWeightModel(FastWeightPreTrainedModel):
         super().__init__(config)
         if getattr(config, "attn", None) is not None:
             raise ValueError("hybrid models with softmax-attention layers (config.attn) are not supported by refine-lm")
+        if getattr(config, "attnres_block_size", None) is not None:
+            raise ValueError(
+                f"attnres_block_size={config.attnres_block_size}: fla's attention residuals (depth-wise attention "
+                "over earlier layers' outputs) are not supported by refine-lm; only attnres_block_size: null loads"
+            )
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(FastWeightBlock(config, i, self.mixer_class) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)

@@ -25,8 +25,10 @@ FLA_SHARED_FIELDS: dict[str, Any] = dict(
     fuse_norm=True,
     fuse_swiglu=True,
     fuse_cross_entropy=True,
+    fuse_linear_cross_entropy=False,
     use_l2warp=False,
     vocab_size=32000,
+    attnres_block_size=None,
 )
 
 

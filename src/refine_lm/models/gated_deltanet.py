@@ -24,7 +24,7 @@ class GatedDeltaNetConfig(FastWeightConfig):
         num_heads=6,
         num_v_heads=None,
         num_hidden_layers=21,
-        fuse_linear_cross_entropy=False,
+        output_gate_activation="swish",
     )
 
     def __init__(self, **kwargs):  # its own __init__, so transformers does not generate one

@@ -47,11 +47,17 @@ class LaCTConfig(FastWeightConfig):
     Muon (``use_muon``); initial w0, w2 of low rank plus I/2 when ``w0_w2_low_rank > 0`` (init gain
     ``fw_init_gain``); ``qkv_silu`` applies SiLU to the fast q, k, v (``no_v_silu``: not to v);
     ``ttt_nope`` skips their RoPE;
-    ``learnable_ttt_scale`` scales each head's output by ``SiLU(x W)``.
+    ``learnable_ttt_scale`` scales each head's output by ``SiLU(x W)``. ``use_fused_kernel`` with
+    ``use_muon``: the updates of w0 and w2 are orthogonalised as one stacked matrix (lact_llm's fused
+    kernels do so; its unfused path does them apart).
+
+    Added here (not in lact_llm): ``newton_schulz_dtype``, the precision of Muon's Newton-Schulz
+    iteration: ``bfloat16`` (the default) is what lact_llm computes, so its checkpoints' outputs match;
+    ``float32`` computes it like the rest of the fast-weight branch (fp32, fp64 with fp64 inputs).
 
     Kept so configs round-trip, without effect here (as in lact_llm, or kernel choices):
     ``max_position_embeddings``, ``elementwise_affine``, ``fuse_*``, ``last_layer_fuse_norm``,
-    ``use_fused_kernel``, ``fp32_states`` (the fast weights are always kept in >= fp32). Refused with an
+    ``fp32_states`` (the fast weights are always kept in >= fp32). Refused with an
     error: ``ttt_prenorm=True``, ``lr_dim != 1``, other ``lr_parameterization`` / ``ttt_loss_type``.
     """
 
@@ -98,6 +104,7 @@ class LaCTConfig(FastWeightConfig):
         fw_init_gain=0.5,
         use_fused_kernel=False,
         fp32_states=False,
+        newton_schulz_dtype="bfloat16",
     )
 
     def __init__(self, **kwargs):  # its own __init__, so transformers does not generate one

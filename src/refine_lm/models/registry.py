@@ -21,7 +21,8 @@ ARCHITECTURES: dict[str, tuple[type[FastWeightConfig], type[FastWeightForCausalL
 }
 
 # LaCT presets follow the 760M recipe (momentum, Muon, rank-32 initial w0/w2, window = chunk) at small sizes;
-# tiny uses a window longer than the chunk so that tests tell the two apart.
+# tiny uses a window longer than the chunk so that tests tell the two apart, and Muon in the fast-weight branch's
+# own precision (not lact_llm's bf16) so that tests' fp64 equalities hold.
 _LACT_RECIPE = dict(use_momentum=True, use_muon=True, learnable_ttt_scale=True, rope_theta=1e6, initializer_range=0.02)
 
 # Presets: "tiny" for tests and the demo, "small" for benchmarks (4 layers, d_model 256, 4 heads, vocab 8192),
@@ -31,7 +32,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "delta_net": dict(hidden_size=64, num_heads=4, num_hidden_layers=2, vocab_size=512),
         "gated_deltanet": dict(hidden_size=64, num_heads=2, head_dim=16, expand_v=2, num_hidden_layers=2, vocab_size=512),
         "lact": dict(hidden_size=64, num_attn_heads=4, num_lact_heads=2, num_hidden_layers=2, vocab_size=512)
-        | dict(lact_chunk_size=8, window_size=12, w0_w2_low_rank=4, **_LACT_RECIPE),
+        | dict(lact_chunk_size=8, window_size=12, w0_w2_low_rank=4, newton_schulz_dtype="float32", **_LACT_RECIPE),
     },
     "small": {
         "delta_net": dict(hidden_size=256, num_heads=4, num_hidden_layers=4, vocab_size=8192),

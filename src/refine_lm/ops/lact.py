@@ -7,7 +7,7 @@ the weights take one step on its tokens:
 
     G_i = d/dW_i  sum_t lr_{i,t} <f_W(k_t), v_t>          (i = 0, 1, 2; each weight has its own rates)
     G_i <- G_i + mean_t(gate_t) * M_i,   M_i <- G_i         (optional momentum)
-    G_i <- NewtonSchulz(G_i)                                (optional Muon orthogonalisation)
+    G_i <- NewtonSchulz(G_i)                                (optional Muon orthogonalisation, :class:`Muon`)
     W_i <- rows of (W_i + G_i) rescaled to the row norms of the initial W_i
 
 i.e. gradient descent with per-token learning rates on ``-sum_t lr_t <f_W(k_t), v_t>``. Beside it
@@ -27,6 +27,7 @@ Everything runs in fp32 (fp64 when given fp64) with autocast switched off, like 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,29 @@ NEWTON_SCHULZ_COEFFICIENTS = (
 )
 
 FastWeights = tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Muon:
+    """How a chunk's update is orthogonalised, as lact_llm does it.
+
+    dtype: the Newton-Schulz iteration's precision. lact_llm casts the update to bf16 before it, so
+        ``torch.bfloat16`` reproduces its checkpoints' outputs; ``None`` computes it in the update's own
+        dtype (fp32, or fp64 with fp64 inputs, like the rest of the fast-weight branch).
+    joint_w0_w2: orthogonalise ``[G_0; G_2]`` (stacked along the hidden dim) as one matrix, as
+        lact_llm's fused-kernel path does, instead of ``G_0`` and ``G_2`` apart.
+    """
+
+    dtype: torch.dtype | None = torch.bfloat16
+    joint_w0_w2: bool = False
+
+    def __call__(self, grads: FastWeights) -> FastWeights:
+        g0, g1, g2 = grads
+        if self.joint_w0_w2:
+            g02 = newton_schulz(torch.cat([g0, g2], dim=-2), dtype=self.dtype)
+            g0, g2 = g02.split([g0.shape[-2], g2.shape[-2]], dim=-2)
+            return g0, newton_schulz(g1, dtype=self.dtype), g2
+        return tuple(newton_schulz(g, dtype=self.dtype) for g in grads)
 
 
 def inverse_softplus(y: float) -> float:
@@ -93,15 +117,18 @@ def fast_weight_gradients(weights: FastWeights, k: Tensor, v: Tensor, lr: Tensor
     return g0, g1, g2
 
 
-def newton_schulz(g: Tensor, eps: float = 1e-7) -> Tensor:
+def newton_schulz(g: Tensor, eps: float = 1e-7, dtype: torch.dtype | None = None) -> Tensor:
     """Approximately orthogonalise the last two dims of ``g`` (Muon): ``U S V^T -> U p(S) V^T`` with p
-    five quintic Newton-Schulz steps on the singular values scaled by the Frobenius norm."""
+    five quintic Newton-Schulz steps on the singular values scaled by the Frobenius norm. Computed in
+    ``dtype`` (default: ``g``'s) and returned in ``g``'s dtype."""
     tall = g.shape[-2] > g.shape[-1]
     x = g.transpose(-1, -2) if tall else g
+    x = x.to(dtype or g.dtype)
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     for a, b, c in NEWTON_SCHULZ_COEFFICIENTS:
         gram = x @ x.transpose(-1, -2)
         x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.to(g.dtype)
     return x.transpose(-1, -2) if tall else x
 
 
@@ -113,7 +140,7 @@ def fast_weight_update(
     v: Tensor,
     lr: Tensor,
     gate: Tensor | None,
-    use_muon: bool,
+    muon: Muon | None,
     eps: float = 1e-5,
 ) -> tuple[FastWeights, FastWeights | None]:
     """One chunk's step (module docstring) from ``k, v, lr`` as in :func:`fast_weight_gradients` and the
@@ -123,8 +150,8 @@ def fast_weight_update(
         beta = gate.mean(dim=-1)[..., None, None]
         grads = tuple(g + beta * m for g, m in zip(grads, momentum))
         momentum = grads
-    if use_muon:
-        grads = tuple(newton_schulz(g) for g in grads)
+    if muon is not None:
+        grads = muon(grads)
     new = tuple(w + g for w, g in zip(weights, grads))
     return tuple(l2_normalize(w, eps, squared=False) * n for w, n in zip(new, norms)), momentum
 
@@ -149,7 +176,7 @@ def chunk_fast_weights(
     position: Tensor,
     *,
     chunk_size: int,
-    use_muon: bool,
+    muon: Muon | None,
     query: StateQuery | None = None,
 ) -> tuple[Tensor, FastWeightMemory, FastWeightMemory | None]:
     """Read ``T`` tokens per row through the fast weights, updating them at every chunk boundary.
@@ -206,7 +233,7 @@ def chunk_fast_weights(
                 kc, vc, lrc = (s[rows[:, None], idx].transpose(1, 2) for s in stream[:3])
                 gc = None if gate is None else stream[3][rows[:, None], idx].transpose(1, 2)
                 new_w, new_m = fast_weight_update(
-                    _pick(weights, rows), _pick(momentum, rows), _pick(norms, rows), kc, vc, lrc, gc, use_muon
+                    _pick(weights, rows), _pick(momentum, rows), _pick(norms, rows), kc, vc, lrc, gc, muon
                 )
                 if len(rows) == B:
                     weights, momentum = new_w, new_m
@@ -268,7 +295,7 @@ def fast_weight_step(
     position: Tensor,
     *,
     chunk_size: int,
-    use_muon: bool,
+    muon: Muon | None,
 ) -> tuple[Tensor, FastWeightMemory]:
     """One token per row: ``q, k [B, H, d_k]``, ``v [B, H, d_v]``, ``lr [B, H, 3]``, ``gate [B, H]``.
     The token is read with the current weights, then buffered; a row whose token completes its chunk
@@ -300,9 +327,7 @@ def fast_weight_step(
             ]
             gc = None if gate is None else torch.cat([memory.pending_gate[rows], gate[rows, None]], 1).transpose(1, 2)
             norms = (memory.norm0, memory.norm1, memory.norm2)
-            new_w, new_m = fast_weight_update(
-                _pick(weights, rows), _pick(momentum, rows), _pick(norms, rows), *chunk, gc, use_muon
-            )
+            new_w, new_m = fast_weight_update(_pick(weights, rows), _pick(momentum, rows), _pick(norms, rows), *chunk, gc, muon)
             weights = tuple(w.index_put((rows,), n) for w, n in zip(weights, new_w))
             if momentum is not None:
                 momentum = tuple(m.index_put((rows,), n) for m, n in zip(momentum, new_m))
