@@ -16,7 +16,7 @@ from refine_lm.data import PreparedCorpus, prepare_corpus, train_tokenizer
 from refine_lm.data.prepare import PrepareConfig
 from refine_lm.data.retrieval import KEY_ADJECTIVES, KEY_NOUNS, NOISE_SENTENCES, VALUE_WORDS, WORDINGS, RetrievalEpisodeGenerator
 from refine_lm.data.synthetic import RetrievalConfig, SyntheticConfig
-from refine_lm.eval import synthetic as eval_text
+from refine_lm.data import reserved as eval_text  # the words evaluation prompts are made of
 from refine_lm.eval.niah import WORDINGS as NIAH_WORDINGS
 from refine_lm.eval.niah import NIAHBuilder, NIAHConfig
 
@@ -127,3 +127,28 @@ def test_heldout_wording_builds_prompts_with_its_own_sentences(eval_tokenizer):
     assert "Hidden note:" in example.prompt and "special magic" not in example.prompt
     assert example.prompt.rstrip().endswith("is paired with")
     assert f"Hidden note: {example.meta['needles'][0]['key']} is paired with {example.references[0]}." in example.prompt
+
+
+def test_pairs_ask_one_token_values_after_their_keys_and_use_no_evaluation_word():
+    from refine_lm.data.reserved import reserved_words
+    from refine_lm.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(REPO / "bases" / "delta_net")  # a real 8K vocabulary
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    filler = [document_text(i, 8) + " ".join(eval_text.NOUNS + eval_text.VALUE_WORDS) for i in range(40)]
+    pairs = RetrievalEpisodeGenerator(RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1]), 512, encode, filler)
+    keys, values = pairs.pair_words()
+    assert not set(keys) & set(values)
+    words = {tokenizer.decode([t]).strip() for t in keys + values}
+    assert not words & reserved_words()  # e.g. "apple", "river", "mango" are in the filler but never used
+    for seed in range(3):
+        episode = pairs.segment(np.random.default_rng(seed), 256)
+        tokens = episode.tokens.tolist()
+        assert len(tokens) == 256 and len(episode.answers) > 20
+        first_value = {}
+        for i in range(len(tokens) - 1):
+            if tokens[i] in keys and tokens[i + 1] in values:
+                first_value.setdefault(tokens[i], tokens[i + 1])
+        for start, end in episode.answers:
+            assert end == start + 1 and tokens[start - 1] in keys
+            assert first_value[tokens[start - 1]] == tokens[start]  # the value the key was stated with

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from refine_lm.cli import main
 from refine_lm.models.registry import load_model
+from refine_lm.train.checkpoint import list_checkpoints
 from refine_lm.train.metrics import read_metrics
 
 LOOP = ["loop.batch_size=2", "loop.log_every=1"]
@@ -136,3 +137,36 @@ def test_interrupted_pretraining_resumes_identically(tiny_corpus, tmp_path, monk
     a = load_file(list_checkpoints(tmp_path / "straight")[-1] / "model.safetensors")
     b = load_file(list_checkpoints(tmp_path / "cut")[-1] / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_curriculum_trains_each_stage_from_the_one_before(tiny_corpus, tmp_path):
+    from refine_lm.config import ConfigError, load_config
+    from refine_lm.train.pretrain import PretrainConfig, pretrain
+
+    settings = [
+        f"data.corpus={tiny_corpus}",
+        "data.seq_len=64",
+        "data.validation_sequences=2",
+        "data.recall_sequences=0",
+        "model.preset=tiny",
+        "loop.steps=2",
+        "loop.batch_size=2",
+        "loop.eval_every=0",
+        "loop.save_every=0",
+        f"output_dir={tmp_path / 'run'}",
+        f"export_to={tmp_path / 'base'}",
+        "stages=[{name: short, data: {seq_len: 32}, optim: {lr: 0.01}, loop: {steps: 3}}, {name: long}]",
+    ]
+    cfg = load_config(PretrainConfig, None, settings)
+    short, long = (cfg.stage_config(s) for s in cfg.stages)
+    assert (short.data.seq_len, short.optim.lr, short.loop.steps) == (32, 0.01, 3)
+    assert (long.data.seq_len, long.optim.lr, long.loop.steps) == (64, cfg.optim.lr, 2)
+    pretrain(cfg)
+    first, second = tmp_path / "run" / "short", tmp_path / "run" / "long"
+    (end_of_first,) = list_checkpoints(first)
+    trainer_state = torch.load(list_checkpoints(second)[-1] / "trainer_state.pt", weights_only=False)
+    assert trainer_state["step"] == 2 and trainer_state["config"]["init"] == str(end_of_first)
+    results = json.loads((tmp_path / "base" / "results.json").read_text())
+    assert results["training_tokens"] == 3 * 2 * 32 + 2 * 2 * 64
+    with pytest.raises(ConfigError, match=r"stages\.short\.data\.: unknown key 'seqlen'|stages\.short\.data\.seqlen"):
+        load_config(PretrainConfig, None, [*settings[:-1], "stages=[{name: short, data: {seqlen: 32}}]"])

@@ -11,7 +11,10 @@ Each segment is one self-contained task::
   values), ``list`` (a dense run of facts, then many of them asked one at a time by their answer
   prefixes alone: associative recall drilled), ``drill`` (facts back to back filling most of the
   segment, then every one of them asked by its answer prefix, in another order: a lookup every
-  dozen tokens, the densest signal there is for learning the lookup itself);
+  dozen tokens), ``pairs`` (associative recall in its barest form: pairs of one-token words,
+  ``" lamp cedar, gull wheat, ..."``, then pairs asked again, the value after its key: a lookup every
+  three tokens, how a small model first learns the lookup itself; the words are the corpus's
+  one-token words minus every word an evaluation prompt uses, ``data/reserved.py``);
 - haystacks: corpus text (sentences of the split's own documents) or plain *noise* sentences
   cycled in a fixed order (a repetitive haystack, as RULER's noise haystack is);
 - keys: hyphenated word pairs, invented people, places and codes; values: digit strings of 3-9
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import ConfigError
+from .reserved import reserved_words
 from .synthetic import TASKS, Episode, EpisodeGenerator, RetrievalConfig, _digits, _word
 
 
@@ -112,6 +116,7 @@ NOISE_SENTENCES = (
 _PLACE_ENDINGS = ("ton", "field", "burg", "port", "vale", "moor", "gate", "shire")
 _CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
 MIN_SEGMENT = 256  # tokens: room for the longest task with three quarters of haystack
+PAIRS_MIN_WORDS = 16  # one-token words the pairs task needs at least, for keys and for values each
 _NUMBER_LENGTHS = (3, 4, 5, 6, 8, 9)  # never 7, the length of the evaluation's needle values
 
 KEY_KINDS: dict[str, Callable[[np.random.Generator], str]] = {
@@ -149,6 +154,43 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         self.cfg, self.episode_tokens, self.encode, self.filler = cfg, episode_tokens, encode, filler
         self._filler_sentences: dict[int, list[list[int]]] = {}
         self._noise = [encode(" " + s) for s in NOISE_SENTENCES]
+        self._pair_words: tuple[list[int], list[int]] | None = None
+
+    def pair_words(self) -> tuple[list[int], list[int]]:
+        """Key and value tokens of ``pairs``: the corpus's words that are one token after a space (lower case,
+        3+ letters, none an evaluation word), split in two disjoint halves."""
+        if self._pair_words is None:
+            reserved = reserved_words()
+            seen = sorted({w for text in self.filler[:2000] for w in re.findall(r"\b[a-z]{3,}\b", text)} - reserved)
+            tokens = [ids[0] for ids in (self.encode(" " + w) for w in seen) if len(ids) == 1]
+            if len(tokens) < 2 * PAIRS_MIN_WORDS:
+                raise ConfigError(
+                    f"the pairs task needs {2 * PAIRS_MIN_WORDS} one-token words in the corpus, found {len(tokens)}"
+                )
+            self._pair_words = tokens[0::2], tokens[1::2]
+        return self._pair_words
+
+    def pairs(self, rng: np.random.Generator, n_tokens: int) -> Episode:
+        """``n_tokens`` tokens: haystack, then ``n_tokens // 8`` key-value pairs, then pairs asked again."""
+        keys, values = self.pair_words()
+        comma, newline = self.encode(","), self.encode("\n")
+        n = min(max(2, n_tokens // 8), len(keys), 64)  # 64 pairs at most: what a head of 64 x 64 can hold
+        key_ids = rng.choice(len(keys), size=n, replace=False)
+        value_ids = rng.choice(len(values), size=n, replace=len(values) < n)
+        facts = [[keys[k], values[v], *comma] for k, v in zip(key_ids, value_ids)]
+        stated = [t for fact in facts for t in fact] + newline
+        asked: list[list[int]] = []
+        room = n_tokens - len(stated) - n_tokens // 16  # a little haystack before the facts
+        while room >= len(facts[0]):
+            asked.append(facts[int(rng.integers(n))])
+            room -= len(asked[-1])
+        haystack = [t for sentence in self._haystack(rng, n_tokens - len(stated) - sum(map(len, asked))) for t in sentence]
+        tokens, answers = haystack + stated, []
+        for fact in asked:
+            answers.append((len(tokens) + 1, len(tokens) + 2))  # the value, after its key
+            tokens += fact
+        assert len(tokens) == n_tokens, (len(tokens), n_tokens)
+        return Episode(np.asarray(tokens, dtype=np.int64), answers)
 
     # ----- haystack ---------------------------------------------------------------------------
     def _haystack(self, rng: np.random.Generator, n_tokens: int) -> list[list[int]]:
@@ -220,6 +262,8 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         three quarters)."""
         cfg = self.cfg
         task = TASKS[int(rng.choice(len(TASKS), p=np.asarray(cfg.tasks) / sum(cfg.tasks)))]
+        if task == "pairs":
+            return self.pairs(rng, n_tokens)
         wording = WORDINGS[0] if rng.random() < cfg.ruler_wording else WORDINGS[int(rng.integers(1, len(WORDINGS)))]
         r = rng.random()
         value_kind = "number" if r < cfg.number_values else ("word" if r < (1 + cfg.number_values) / 2 else "code")

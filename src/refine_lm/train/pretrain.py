@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from ..config import to_dict
-from ..models.registry import build_config, build_model
+from ..config import ConfigError, _merged, from_dict, to_dict
+from ..models.registry import build_config, build_model, load_model
 from ..optim import OptimConfig
 from ..ranks import is_main
 from ..refine.ntp import NextTokenObjective
@@ -41,14 +41,36 @@ class ModelSpec:
 
 
 @dataclass
+class PretrainStage:
+    """One stage of a curriculum, trained from the weights the stage before it ended with (the first from
+    scratch), with its own optimiser state and learning-rate schedule.
+
+    name: the stage's output directory, ``<output_dir>/<name>``.
+    data / optim / loop: the settings in which the stage differs from the run's ``data``, ``optim`` and
+        ``loop`` (e.g. ``data: {corpus: runs/data/pairs, seq_len: 512}``, ``loop: {steps: 250}``).
+    """
+
+    name: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    optim: dict[str, Any] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"a stage needs a name that can be a directory name, got {self.name!r}")
+
+
+@dataclass
 class PretrainConfig:
     """Settings of ``refine-lm pretrain``.
 
     model / data / optim / loop: see their classes.
     output_dir: checkpoints (``checkpoint-<step>/``, Hugging Face directories with the tokenizer) and
-        ``metrics.jsonl``.
+        ``metrics.jsonl``; with stages, one directory per stage inside it.
     export_to: if set, the final model is also written there as a clean Hugging Face directory
         (config, weights, tokenizer) with ``training.yaml`` (these settings) and ``results.json``.
+    stages: a curriculum (see :class:`PretrainStage`), run in order; empty: one run of the settings above.
+        An interrupted curriculum resumes in the stage it stopped in.
     """
 
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -57,9 +79,47 @@ class PretrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     output_dir: str = "runs/pretrain"
     export_to: str | None = None
+    stages: list[PretrainStage] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must differ, got {names}")
+        for stage in self.stages:
+            self.stage_config(stage)  # a stage's unknown or bad setting fails at start-up
+
+    def stage_config(self, stage: PretrainStage) -> PretrainConfig:
+        """The settings of one stage: the run's, with the stage's differences, in the stage's directory."""
+        sections = {}
+        for name, cls in (("data", DataConfig), ("optim", OptimConfig), ("loop", LoopConfig)):
+            given = _merged(asdict(getattr(self, name)), getattr(stage, name))
+            sections[name] = from_dict(cls, given, source="pretrain config", prefix=f"stages.{stage.name}.{name}.")
+        return replace(self, **sections, output_dir=str(Path(self.output_dir) / stage.name), export_to=None, stages=[])
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
+    """Train (every stage of) ``cfg`` and export the final model if ``export_to`` is set."""
+    if not cfg.stages:
+        result, n_params = _train(cfg, init=None)
+        runs = [cfg]
+    else:
+        init = None
+        runs = [cfg.stage_config(stage) for stage in cfg.stages]
+        for stage, run in zip(cfg.stages, runs):
+            if is_main():
+                print(f"stage {stage.name}: {run.loop.steps} steps on {run.data.corpus}, from {init or 'scratch'}")
+            result, n_params = _train(run, init)
+            init = list_checkpoints(run.output_dir)[-1]
+    if cfg.export_to:
+        last = TrainingData(runs[-1].data, runs[-1].loop.batch_size, runs[-1].loop.seed)
+        result = {**result, **last.unigram_baseline()}
+        tokens = sum(r.loop.steps * r.loop.batch_size * r.data.seq_len for r in runs)
+        export(cfg, list_checkpoints(runs[-1].output_dir)[-1], result, n_params, tokens, [r.output_dir for r in runs])
+    return result
+
+
+def _train(cfg: PretrainConfig, init: Path | None) -> tuple[dict[str, float], int]:
+    """One run of ``cfg`` (no stages), from scratch or from the weights of checkpoint ``init``."""
     torch.manual_seed(cfg.loop.seed)
     data = TrainingData(cfg.data, cfg.loop.batch_size, cfg.loop.seed)
     tokenizer = data.tokenizer()
@@ -71,6 +131,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     model = build_model(
         cfg.model.arch, cfg.model.preset, seed=cfg.loop.seed, **{**cfg.model.config, "vocab_size": len(tokenizer), **special}
     )
+    if init is not None:
+        previous = load_model(init).state_dict()
+        if previous["model.embeddings.weight"].shape != model.model.embeddings.weight.shape:
+            raise ConfigError(
+                f"{cfg.data.corpus}: its vocabulary ({len(tokenizer)} tokens) is not that of {init} "
+                f"({previous['model.embeddings.weight'].shape[0]}): every stage needs the same tokenizer"
+            )
+        model.load_state_dict(previous)
     n_params = sum(p.numel() for p in model.parameters())
     tokens = cfg.loop.steps * cfg.loop.batch_size * cfg.data.seq_len
     if is_main():
@@ -85,17 +153,22 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         cfg.output_dir,
         validate=data.validator(),
         tokenizer=tokenizer,
-        run_config=to_dict(cfg),
+        run_config={**to_dict(cfg), "init": None if init is None else str(init)},
     )
-    if cfg.export_to:
-        result = {**result, **data.unigram_baseline()}
-        export(cfg, list_checkpoints(cfg.output_dir)[-1], result, n_params, tokens)
-    return result
+    return result, n_params
 
 
-def export(cfg: PretrainConfig, checkpoint: Path, result: dict[str, float], n_params: int, tokens: int) -> Path:
-    """Copy the model and tokenizer files of ``checkpoint`` to ``cfg.export_to`` with the run's settings
-    (rank 0 does it; the other data-parallel ranks only return the path)."""
+def export(
+    cfg: PretrainConfig,
+    checkpoint: Path,
+    result: dict[str, float],
+    n_params: int,
+    tokens: int,
+    output_dirs: list[str],
+) -> Path:
+    """Copy the model and tokenizer files of ``checkpoint`` to ``cfg.export_to`` with the run's settings and
+    the training time summed over ``output_dirs`` (its stages) (rank 0 does it; the other data-parallel ranks
+    only return the path)."""
     target = Path(cfg.export_to)
     if not is_main():
         return target
@@ -104,7 +177,7 @@ def export(cfg: PretrainConfig, checkpoint: Path, result: dict[str, float], n_pa
         if path.is_file() and path.name not in ("trainer_state.pt", "checkpoint.json"):
             shutil.copy2(path, target / path.name)
     (target / "training.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    records = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+    records = [r for d in output_dirs for r in read_metrics(Path(d) / "metrics.jsonl")]
     seconds = sum(r.get("step_seconds", 0.0) for r in records if r.get("split") == "train")
     summary = {"parameters": n_params, "training_tokens": tokens, "train_seconds": round(seconds, 1), "validation": result}
     (target / "results.json").write_text(json.dumps(summary, indent=2))
