@@ -13,10 +13,10 @@ import yaml
 
 from refine_lm.config import ConfigError, from_dict
 from refine_lm.data import PreparedCorpus, prepare_corpus, train_tokenizer
+from refine_lm.data import reserved as eval_text  # the words evaluation prompts are made of
 from refine_lm.data.prepare import PrepareConfig
 from refine_lm.data.retrieval import KEY_ADJECTIVES, KEY_NOUNS, NOISE_SENTENCES, VALUE_WORDS, WORDINGS, RetrievalEpisodeGenerator
 from refine_lm.data.synthetic import RetrievalConfig, SyntheticConfig
-from refine_lm.data import reserved as eval_text  # the words evaluation prompts are made of
 from refine_lm.eval.niah import WORDINGS as NIAH_WORDINGS
 from refine_lm.eval.niah import NIAHBuilder, NIAHConfig
 
