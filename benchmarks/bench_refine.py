@@ -29,6 +29,7 @@ import torch
 from refine_lm.cli.generate import resolve_model
 from refine_lm.config import load_config
 from refine_lm.memory import peak_memory_bytes
+from refine_lm.ops.dtypes import resolve_precision
 from refine_lm.optim import OptimConfig, build_optimizer
 from refine_lm.refine.ntp import NextTokenObjective
 from refine_lm.refine.objective import RefineConfig, RefineObjective
@@ -49,40 +50,45 @@ class BenchRefineConfig:
     reprefill_rows_per_pass: int = 4  # rollouts per forward of the grouped baseline
     memory: bool = True
     device: str = "cpu"  # or cuda (peak memory then from torch.cuda.max_memory_allocated)
+    precision: str = "auto"  # auto | fp32 | bf16: autocast of every step (auto: bf16 where it is fast)
+    backend: str = "chunk"  # the delta rule's recurrence: chunk (torch) or fla (the Triton kernels)
     seed: int = 0
     output: str = "runs/bench/refine.json"
 
 
-def one_step(model, objective, optimizer, batch: torch.Tensor, rng: StepRandom) -> None:
+def one_step(model, objective, optimizer, batch: torch.Tensor, rng: StepRandom, dtype: torch.dtype) -> None:
     """The work of one training step, without the loop's logging and checkpointing."""
-    for micro_batches in objective.updates(model, batch, rng):
-        optimizer.zero_grad(set_to_none=True)
-        for micro in micro_batches:
-            loss, _ = objective.loss(model, micro)
-            loss.backward()
-        optimizer.step()
+    with torch.autocast(batch.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        for micro_batches in objective.updates(model, batch, rng):
+            optimizer.zero_grad(set_to_none=True)
+            for micro in micro_batches:
+                loss, _ = objective.loss(model, micro)
+                loss.backward()
+            optimizer.step()
 
 
 def measure(cfg: BenchRefineConfig, model, objective, batch: torch.Tensor) -> dict:
     optimizer = build_optimizer(model, OptimConfig(lr=1e-6))
+    dtype = torch.bfloat16 if resolve_precision(cfg.precision, cfg.device) == "bf16" else torch.float32
     times = []
     for i in range(cfg.repeats + 1):
         start = time.perf_counter()
-        one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, i))
+        one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, i), dtype)
         if batch.is_cuda:
             torch.cuda.synchronize(batch.device)
         if i:  # the first step warms up
             times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times)}
     if cfg.memory:
-        peak, _ = peak_memory_bytes(lambda: one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, 99)), batch.device)
+        step = lambda: one_step(model, objective, optimizer, batch, StepRandom(cfg.seed, 99), dtype)
+        peak, _ = peak_memory_bytes(step, batch.device)
         result["peak_mib"] = peak / 2**20
     return result
 
 
 def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     cfg = load_config(BenchRefineConfig, config_path, overrides)
-    model = resolve_model(cfg.model, cfg.seed).to(cfg.device)
+    model = resolve_model(cfg.model, cfg.seed).to(cfg.device).set_backend(cfg.backend)
     refine = dict(num_chunks=cfg.num_chunks, rollout_len=cfg.rollout_len, rollouts_per_position=cfg.rollouts_per_position)
     results = {}
     for length in cfg.lengths:
@@ -124,7 +130,7 @@ def report(cfg: BenchRefineConfig, model, results: dict) -> str:
     lines = [
         f"model {cfg.model} ({model.config.model_type}, {n_params:.1f}M params), batch {cfg.batch_size}, "
         f"c={cfg.num_chunks}, k={cfg.rollout_len}, n={cfg.rollouts_per_position}, "
-        f"{cfg.device} ({torch.get_num_threads()} threads)",
+        f"{cfg.device} ({torch.get_num_threads()} threads), precision {cfg.precision}, backend {cfg.backend}",
         "",
         f"| L | SFT step | REFINE step | reprefill step (one pass) | reprefill step ({groups}) | REFINE / SFT "
         "| reprefill / REFINE (one pass) | reprefill / REFINE (grouped) |",

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
+
+# flash-linear-attention's Triton kernels run on CPU under Triton's interpreter (tests/test_fla_kernels.py);
+# it is chosen when a kernel is defined, so before anything imports them
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from refine_lm.models.registry import build_model
 from refine_lm.state import TensorState

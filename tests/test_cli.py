@@ -72,6 +72,19 @@ def test_bench_refine_runs_at_toy_sizes(tmp_path, capsys):
     assert results["128"]["memory_refine_over_sft"] > 0 and results["128"]["reprefill_grouped_over_refine"] > 0
 
 
+def test_bench_gpu_plumbing_runs_on_cpu_at_toy_sizes(tmp_path, capsys):
+    """make gpu-check's script, on the CPU with tiny models and backend chunk only (the GPU run is the real one)."""
+    out = tmp_path / "gpu.json"
+    args = ["bench", "gpu", "device=cpu", "shapes=[tiny]", "archs=[gated_deltanet]", "lengths=[96]", "backends=[chunk]",
+            "precision=fp32", "target_length=96", "reprefill_max_len=0", "refine_overrides=[num_chunks=2]",
+            "lact_preset=tiny", "lact_length=24", "decode_tokens=2", "tests=false", "models=false", f"output={out}"]  # fmt: skip
+    assert main(args) == 0
+    assert "| gated_deltanet:tiny | — | — |" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["refine"]["gated_deltanet:tiny"]["chunk"]["96"]["refine_over_sft"] > 0
+    assert report["lact"]["decode_tokens_per_s"] > 0 and (tmp_path / "gpu_refine_gated_deltanet_tiny_chunk.json").is_file()
+
+
 def test_flags_are_overrides_too(tmp_path, capsys):
     target = tmp_path / "m"
     assert main(["generate", "--save-to", str(target), "--max-new-tokens", "2", "--do-sample=false", "--prompt", "ab"]) == 0

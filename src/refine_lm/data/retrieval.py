@@ -171,10 +171,10 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         return self._pair_words
 
     def pairs(self, rng: np.random.Generator, n_tokens: int) -> Episode:
-        """``n_tokens`` tokens: haystack, then ``n_tokens // 8`` key-value pairs, then pairs asked again."""
+        """``n_tokens`` tokens: haystack, then ``n_tokens // 16`` key-value pairs, then pairs asked again."""
         keys, values = self.pair_words()
         comma, newline = self.encode(","), self.encode("\n")
-        n = min(max(2, n_tokens // 8), len(keys), 64)  # 64 pairs at most: what a head of 64 x 64 can hold
+        n = min(max(2, n_tokens // 16), len(keys), 64)  # the facts fill 3/16 of the segment; 64 at most
         key_ids = rng.choice(len(keys), size=n, replace=False)
         value_ids = rng.choice(len(values), size=n, replace=len(values) < n)
         facts = [[keys[k], values[v], *comma] for k, v in zip(key_ids, value_ids)]

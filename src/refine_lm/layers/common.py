@@ -20,8 +20,9 @@ class Recurrence:
     """How a layer runs its recurrence over a sequence (a run-time choice, not part of the checkpoint).
 
     backend: ``chunk`` (chunkwise-parallel torch, the default), ``naive`` (token-by-token
-        reference, for tests), ``fla`` (flash-linear-attention Triton kernels, CUDA) or ``auto``
-        (``fla`` where usable, else ``chunk``).
+        reference, for tests), ``fla`` (flash-linear-attention's Triton kernels: CUDA, or any device
+        under Triton's interpreter; an error where they cannot run) or ``auto`` (``fla`` on CUDA where
+        installed, else ``chunk``, saying why once).
     chunk_size: tokens per chunk of the chunkwise form.
     """
 

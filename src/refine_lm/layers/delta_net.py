@@ -16,6 +16,7 @@ naive over a sequence, :meth:`step` for one token) and carries its memory in a
 from __future__ import annotations
 
 import abc
+import logging
 import math
 
 import torch
@@ -26,7 +27,7 @@ from transformers import initialization as init
 from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_cache_at
 from ..ops.delta_rule import chunk_delta_rule, delta_rule_step, naive_delta_rule
 from ..ops.dtypes import upcast
-from ..ops.fla_backend import fla_delta_rule, fla_usable
+from ..ops.fla_backend import fla_delta_rule, fla_unavailable, say_once
 from ..ops.norm import l2_normalize
 from ..state import DeltaRuleState, StateQuery
 from .common import GatedRMSNorm, OwnInitialisation, Recurrence, RMSNorm, ShortConvolution
@@ -142,10 +143,14 @@ class DeltaRuleMixer(nn.Module, abc.ABC):
         initial = None if state is None else state.recurrent
 
         backend = recurrence.backend
-        if backend == "auto":
-            backend = "fla" if fla_usable(x.device) else "chunk"
-        if backend == "fla" and query is not None:
-            backend = "chunk"  # the kernels return no mid-sequence states
+        if backend in ("auto", "fla"):
+            why = fla_unavailable(q, auto=backend == "auto")
+            if why is not None and backend == "fla":
+                raise RuntimeError(f"backend 'fla' cannot run here: {why}")
+            if why is not None:  # expected on a CPU; on a GPU it costs speed, so it is a warning there
+                level = logging.WARNING if q.is_cuda else logging.INFO
+                say_once(f"backend auto: the torch chunk loop reads the delta rule ({why})", level)
+            backend = "chunk" if why else "fla"
         if backend == "chunk":
             o, final, at_query = chunk_delta_rule(
                 q, k, v, beta, log_decay, initial_state=initial, query=query, chunk_size=recurrence.chunk_size
@@ -153,8 +158,9 @@ class DeltaRuleMixer(nn.Module, abc.ABC):
         elif backend == "naive":
             o, final, at_query = naive_delta_rule(q, k, v, beta, log_decay, initial_state=initial, query=query)
         elif backend == "fla":
-            o, final = fla_delta_rule(q, k, v, beta, log_decay, scale=self.head_k_dim**-0.5, initial_state=initial)
-            at_query = None
+            o, final, at_query = fla_delta_rule(
+                q, k, v, beta, log_decay, scale=self.head_k_dim**-0.5, initial_state=initial, query=query
+            )
         else:
             raise ValueError(f"unknown recurrence backend {backend!r} (expected chunk, naive, fla or auto)")
 

@@ -26,7 +26,7 @@ ARCHITECTURES: dict[str, tuple[type[FastWeightConfig], type[FastWeightForCausalL
 _LACT_RECIPE = dict(use_momentum=True, use_muon=True, learnable_ttt_scale=True, rope_theta=1e6, initializer_range=0.02)
 
 # Presets: "tiny" for tests and the demo, "small" for benchmarks (4 layers, d_model 256, 4 heads, vocab 8192),
-# "760m" the paper's LaCT language model (LaCT only).
+# "760m" the paper's LaCT language model (LaCT only), "340m" / "1.3b" fla's DeltaNet and Gated DeltaNet shapes.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "delta_net": dict(hidden_size=64, num_heads=4, num_hidden_layers=2, vocab_size=512),
@@ -41,6 +41,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         | dict(lact_chunk_size=256, window_size=256, w0_w2_low_rank=32, **_LACT_RECIPE),
     },
     "760m": {"lact": LACT_760M},
+    # the shapes of flash-linear-attention's 340M and 1.3B models (randomly initialised, for GPU benchmarks)
+    "340m": {
+        "delta_net": dict(hidden_size=1024, num_heads=8, num_hidden_layers=24, vocab_size=32000),
+        "gated_deltanet": dict(hidden_size=1024, num_heads=4, head_dim=256, num_hidden_layers=24, vocab_size=32000),
+    },
+    "1.3b": {
+        "delta_net": dict(hidden_size=2048, num_heads=16, num_hidden_layers=24, vocab_size=32000),
+        "gated_deltanet": dict(hidden_size=2048, num_heads=6, head_dim=256, num_hidden_layers=21, vocab_size=32000),
+    },
 }
 
 
