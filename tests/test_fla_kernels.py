@@ -93,6 +93,21 @@ def test_prefill_with_the_kernels_then_decode():
     assert torch.allclose(torch.stack(logits, 1), reference.logits[:, 20:], **TOL)
 
 
+def test_rows_of_different_lengths_read_with_the_kernels():
+    """Left-padded rows: the model asks for each row's state after its own length (a state query per row)."""
+    ids = random_ids(2, 24)
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[0, :9] = 0
+    outs = [
+        tiny_model("gated_deltanet", dtype=torch.float32).set_backend(backend)(ids, attention_mask=mask)
+        for backend in ("chunk", "fla")
+    ]
+    real = mask.bool()
+    assert torch.allclose(outs[1].logits[real], outs[0].logits[real], **TOL)
+    for a, b in zip(outs[1].state.layers, outs[0].state.layers):
+        assert torch.allclose(a.recurrent, b.recurrent, **TOL)
+
+
 def test_backend_fla_that_cannot_run_is_an_error_and_auto_says_why():
     model = tiny_model("delta_net").set_backend("fla")  # fp64: beyond the kernels
     with pytest.raises(RuntimeError, match=r"backend 'fla' cannot run here: .*fp64"):
