@@ -14,6 +14,7 @@ from refine_lm.config import ConfigError, from_dict
 from refine_lm.models.registry import build_model
 from refine_lm.study import StudyConfig, bootstrap_interval, expand_grid, paired_difference, summarize
 from refine_lm.study import runner as study_runner
+from refine_lm.demo import study_comparison
 from refine_lm.study.report import write_report
 
 
@@ -131,6 +132,16 @@ def test_report_renders_tables_and_figures_from_hand_made_cells(tmp_path):
     for png in ("curve.png", "bars.png", "niah_single_diff.png"):
         assert (tmp_path / png).stat().st_size > 1000 and f"({png})" in report
     assert report.index("niah_single") < report.index("val_loss") < report.index("compute_tokens")
+
+    # summary.json: the paired differences, which the demo quotes beside its own single-seed numbers
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["reference"] == "sft" and summary["seeds"] == [0, 1, 2]
+    loss = summary["differences"]["refine"]["val_loss"]
+    assert loss["mean"] == pytest.approx(-0.1) and loss["n"] == 3 and loss["excludes_zero"]
+    results = {"refine": {"loss": 3.0, "acc_argmax": 0.30}, "sft": {"loss": 3.2, "acc_argmax": 0.25}}
+    quoted = "\n".join(study_comparison(tmp_path / "summary.json", results))
+    assert "| val NTP loss | -0.200 | -0.100 [-0.100, -0.100] * |" in quoted
+    assert "val acc (argmax)" not in quoted  # not a metric of that study
 
 
 @pytest.mark.slow

@@ -40,6 +40,8 @@ class DemoConfig:
         optimiser updates per batch.
     niah_tasks / niah_lengths / niah: the needle-in-a-haystack suite run before and after.
     output_dir: the report directory (``report.md``, ``results.json``, PNGs; runs in ``runs/``).
+    study: a seeded study's ``summary.json`` (``refine-lm study``) whose REFINE - SFT intervals the report
+        quotes beside this run's own single-seed differences (null: none).
     """
 
     base: str = "bases/delta_net"
@@ -55,6 +57,37 @@ class DemoConfig:
         default_factory=lambda: NIAHConfig(depths=[0, 25, 50, 75, 100], samples_per_depth=1, max_new_tokens=16)
     )
     output_dir: str = "runs/demo"
+    study: str | None = "docs/study_mid_summary.json"
+
+
+# demo result key -> the study's metric of the same measurement
+STUDY_METRICS = {"loss": "val_loss", "acc_argmax": "val_acc_argmax", "acc_sampled": "val_acc_sampled", "recall_acc": "recall_acc"}
+
+
+def study_comparison(path: str | Path, results: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown: REFINE - SFT in this run beside the study's paired interval over its seeds."""
+    summary = json.loads(Path(path).read_text())
+    differences = summary["differences"].get("refine", {})
+    lines = [
+        f"REFINE - SFT here (one seed) and in the seeded study `{path}` (base `{summary['base']}`, "
+        f"{len(summary['seeds'])} seeds, paired by seed: mean [95% bootstrap interval]; `*`: beyond seed noise):",
+        "",
+        "| metric | this demo | the study |",
+        "|---|---|---|",
+    ]
+    for key, label, fmt in COLUMNS:
+        study = differences.get(STUDY_METRICS[key])
+        if key not in results["refine"] or study is None:
+            continue
+        here = results["refine"][key] - results["sft"][key]
+        scale = 100 if "%" in fmt else 1
+        unit = " pts" if scale == 100 else ""
+        mark = " *" if study["excludes_zero"] else ""
+        lines.append(
+            f"| {label} | {scale * here:+.3f}{unit} | {scale * study['mean']:+.3f}{unit} "
+            f"[{scale * study['low']:+.3f}, {scale * study['high']:+.3f}]{mark} |"
+        )
+    return lines
 
 
 def evaluate(cfg: DemoConfig, model_dir: Path, name: str, data: TrainingData) -> dict[str, Any]:
@@ -127,6 +160,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
     base = Path(cfg.base)
     if not (base / "config.json").is_file():
         raise ConfigError(f"base model {base} not found (the shipped bases live in bases/; see bases/README.md)")
+    if cfg.study and not Path(cfg.study).is_file():
+        raise ConfigError(f"study: {cfg.study} not found (a refine-lm study's summary.json, or study=null)")
     out = Path(cfg.output_dir)
     if out.exists():
         shutil.rmtree(out)  # a demo report is always made from scratch
@@ -181,6 +216,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
         "",
         table,
         "",
+        *(study_comparison(cfg.study, results) + [""] if cfg.study else []),
         "![training curves](curves.png)",
         "",
         "| NIAH | base | REFINE | SFT |",

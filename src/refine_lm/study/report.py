@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +198,23 @@ def niah_difference_figures(cfg, cells: list[dict[str, Any]], out: Path) -> list
     return paths
 
 
+def paired_summary(cfg, cells: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
+    """Every arm's paired difference to the reference arm, per metric (what ``summary.json`` holds, and the
+    demo quotes)."""
+    differences: dict[str, dict[str, Any]] = {}
+    for arm in (a.name for a in cfg.arms if a.name != cfg.reference):
+        for m in metrics:
+            values = by_arm(cells, m)
+            d = paired_difference(values.get(arm, {}), values.get(cfg.reference, {}))
+            if d.n:
+                differences.setdefault(arm, {})[m] = {**asdict(d), "excludes_zero": d.excludes_zero()}
+    return {"base": cfg.base, "reference": cfg.reference, "seeds": list(cfg.seeds), "differences": differences}
+
+
 def write_report(cfg, cells: list[dict[str, Any]], out: Path) -> Path:
     metrics = metric_names(cells, cfg.metrics)
+    if cfg.reference is not None:
+        (out / "summary.json").write_text(json.dumps(paired_summary(cfg, cells, metrics), indent=2) + "\n")
     figures = [
         curve_figure(cfg, cells, out / "curve.png"),
         bar_figure(cfg, cells, metrics, out / "bars.png"),
@@ -218,7 +235,8 @@ def write_report(cfg, cells: list[dict[str, Any]], out: Path) -> Path:
         "",
         *[f"![{p.stem}]({p.name})" for p in figures if p is not None],
         "",
-        "Settings: `study.json`; every run's metrics: `results.json`; each cell: `cells/<arm>/seed-<seed>/`.",
+        "Settings: `study.json`; every run's metrics: `results.json`; the paired differences: `summary.json`; "
+        "each cell: `cells/<arm>/seed-<seed>/`.",
     ]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
