@@ -11,10 +11,10 @@ import yaml
 
 from refine_lm.cli import main
 from refine_lm.config import ConfigError, from_dict
+from refine_lm.demo import study_comparison
 from refine_lm.models.registry import build_model
 from refine_lm.study import StudyConfig, bootstrap_interval, expand_grid, paired_difference, summarize
 from refine_lm.study import runner as study_runner
-from refine_lm.demo import study_comparison
 from refine_lm.study.report import write_report
 
 

@@ -216,7 +216,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
         "",
         table,
         "",
-        *(study_comparison(cfg.study, results) + [""] if cfg.study else []),
+        *([*study_comparison(cfg.study, results), ""] if cfg.study else []),
         "![training curves](curves.png)",
         "",
         "| NIAH | base | REFINE | SFT |",
