@@ -61,7 +61,7 @@ def test_every_task_segment_size_and_wording_occurs(generator, tokenizer):
 
 def test_a_drill_asks_every_fact_it_states_in_another_order_and_fills_its_segment(tokenizer):
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
-    drills = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 1])
+    drills = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 1, 0])
     generator = RetrievalEpisodeGenerator(drills, 1024, encode, [document_text(i, 4) for i in range(8)])
     reordered = False
     for seed in range(6):
@@ -79,7 +79,7 @@ def test_a_drill_asks_every_fact_it_states_in_another_order_and_fills_its_segmen
 def test_short_segments_that_cannot_hold_a_task_are_refused():
     with pytest.raises(ConfigError, match="episode_tokens >= 256"):
         RetrievalEpisodeGenerator(RetrievalConfig(), 100, lambda s: list(s.encode()), ["filler text."])
-    with pytest.raises(ValueError, match=r"retrieval\.tasks 6"):
+    with pytest.raises(ValueError, match=r"retrieval\.tasks 7"):
         RetrievalConfig(tasks=[1.0, 1.0])
 
 
