@@ -168,5 +168,10 @@ def test_a_curriculum_trains_each_stage_from_the_one_before(tiny_corpus, tmp_pat
     assert trainer_state["step"] == 2 and trainer_state["config"]["init"] == str(end_of_first)
     results = json.loads((tmp_path / "base" / "results.json").read_text())
     assert results["training_tokens"] == 3 * 2 * 32 + 2 * 2 * 64
+    # run again: both stages are complete, so nothing trains and the same model is exported
+    weights = (tmp_path / "base" / "model.safetensors").read_bytes()
+    pretrain(cfg)
+    assert [p.name for p in list_checkpoints(first)] == [end_of_first.name]
+    assert (tmp_path / "base" / "model.safetensors").read_bytes() == weights
     with pytest.raises(ConfigError, match=r"stages\.short\.data\.: unknown key 'seqlen'|stages\.short\.data\.seqlen"):
         load_config(PretrainConfig, None, [*settings[:-1], "stages=[{name: short, data: {seqlen: 32}}]"])
