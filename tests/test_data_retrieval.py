@@ -90,13 +90,16 @@ def test_the_training_vocabulary_shares_nothing_with_the_evaluation():
     assert not set(NOISE_SENTENCES) & set(eval_text.NOISE_SENTENCES)
 
 
-def test_the_pretraining_mixture_holds_no_evaluation_key_value_haystack_or_heldout_wording(tmp_path):
-    """The retrieval corpus prepared with the settings of configs/data/pretrain.yaml (on generated text): its training
+@pytest.mark.parametrize("mixture", ["pretrain", "bridge"])
+def test_the_pretraining_mixture_holds_no_evaluation_key_value_haystack_or_heldout_wording(tmp_path, mixture):
+    """The retrieval corpus prepared with the settings of configs/data/<mixture>.yaml (on generated text): its training
     split never contains an evaluation key, value word, noise sentence, a 7-digit number (the NIAH value
     length) or any sentence of the held-out NIAH wording — while it does contain RULER's wording."""
-    shipped = yaml.safe_load((REPO / "configs/data/pretrain.yaml").read_text())["synthetic"]
+    shipped = yaml.safe_load((REPO / f"configs/data/{mixture}.yaml").read_text())["synthetic"]
     write_text_corpus(tmp_path / "text", n_docs=30)
-    synthetic = from_dict(SyntheticConfig, {**shipped, "episode_tokens": 1024, "episodes_per_document": 2})
+    synthetic = from_dict(
+        SyntheticConfig, {**shipped, "episode_tokens": min(shipped["episode_tokens"], 1024), "episodes_per_document": 2}
+    )
     cfg = small_config(tmp_path / "text", tmp_path / "out", synthetic=synthetic)
     assert isinstance(cfg, PrepareConfig) and cfg.synthetic.kind == "retrieval"
     corpus = PreparedCorpus(prepare_corpus(cfg))
@@ -152,3 +155,23 @@ def test_pairs_ask_one_token_values_after_their_keys_and_use_no_evaluation_word(
         for start, end in episode.answers:
             assert end == start + 1 and tokens[start - 1] in keys
             assert first_value[tokens[start - 1]] == tokens[start]  # the value the key was stated with
+
+
+def test_pairs_with_digit_values_ask_the_whole_number_after_its_key():
+    from refine_lm.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(REPO / "bases" / "delta_net")
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    cfg = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1], pair_numbers=1.0)
+    pairs = RetrievalEpisodeGenerator(cfg, 512, encode, [document_text(i, 8) for i in range(40)])
+    keys, _ = pairs.pair_words()
+    for seed in range(3):
+        episode = pairs.segment(np.random.default_rng(seed), 256)
+        tokens = episode.tokens.tolist()
+        assert len(tokens) == 256 and len(episode.answers) >= 8
+        text = tokenizer.decode(tokens)
+        stated = dict(re.findall(r" ([a-z]+) (\d+),", text[: text.index("\n")]))
+        for start, end in episode.answers:
+            key, value = tokenizer.decode(tokens[start - 1 : start]).strip(), tokenizer.decode(tokens[start:end]).strip()
+            assert tokens[start - 1] in keys and value.isdigit() and len(value) != 7  # never the NIAH value length
+            assert stated[key] == value and tokenizer.decode(tokens[end : end + 1]) == ","

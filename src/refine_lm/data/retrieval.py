@@ -171,23 +171,31 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         return self._pair_words
 
     def pairs(self, rng: np.random.Generator, n_tokens: int) -> Episode:
-        """``n_tokens`` tokens: haystack, then ``n_tokens // 16`` key-value pairs, then pairs asked again."""
+        """``n_tokens`` tokens: haystack, then key-value pairs (one per 16 tokens; one per 32 with digit-string
+        values), then pairs asked again."""
         keys, values = self.pair_words()
         comma, newline = self.encode(","), self.encode("\n")
-        n = min(max(2, n_tokens // 16), len(keys), 64)  # the facts fill 3/16 of the segment; 64 at most
+        numbers = self.cfg.pair_numbers > 0 and rng.random() < self.cfg.pair_numbers
+        n = min(max(2, n_tokens // (32 if numbers else 16)), len(keys), 64)  # the facts fill ~3/16 of the segment
         key_ids = rng.choice(len(keys), size=n, replace=False)
-        value_ids = rng.choice(len(values), size=n, replace=len(values) < n)
-        facts = [[keys[k], values[v], *comma] for k, v in zip(key_ids, value_ids)]
+        if numbers:
+            answers_of = [self.encode(" " + _digits(rng, int(rng.choice(_NUMBER_LENGTHS)))) for _ in range(n)]
+        else:
+            answers_of = [[values[v]] for v in rng.choice(len(values), size=n, replace=len(values) < n)]
+        facts = [[keys[k], *value, *comma] for k, value in zip(key_ids, answers_of)]
         stated = [t for fact in facts for t in fact] + newline
         asked: list[list[int]] = []
         room = n_tokens - len(stated) - n_tokens // 16  # a little haystack before the facts
-        while room >= len(facts[0]):
-            asked.append(facts[int(rng.integers(n))])
-            room -= len(asked[-1])
+        while room >= min(map(len, facts)):
+            fact = facts[int(rng.integers(n))]
+            if len(fact) > room:
+                break
+            asked.append(fact)
+            room -= len(fact)
         haystack = [t for sentence in self._haystack(rng, n_tokens - len(stated) - sum(map(len, asked))) for t in sentence]
         tokens, answers = haystack + stated, []
         for fact in asked:
-            answers.append((len(tokens) + 1, len(tokens) + 2))  # the value, after its key
+            answers.append((len(tokens) + 1, len(tokens) + len(fact) - len(comma)))  # the value, after its key
             tokens += fact
         assert len(tokens) == n_tokens, (len(tokens), n_tokens)
         return Episode(np.asarray(tokens, dtype=np.int64), answers)

@@ -49,6 +49,8 @@ class RetrievalConfig:
     number_values: share of segments with digit-string values (the rest: words and codes, equally).
     max_facts: facts in a ``list`` segment (at most; fewer when the segment is short).
     max_asked: facts of a ``list`` segment asked, one question each (at most).
+    pair_numbers: share of ``pairs`` segments whose values are digit strings (several tokens each, copied
+        after their one-token key) instead of one-token words.
     """
 
     segments: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.2, 0.2])
@@ -58,13 +60,14 @@ class RetrievalConfig:
     number_values: float = 0.6
     max_facts: int = 16
     max_asked: int = 6
+    pair_numbers: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.segments) != 4 or len(self.tasks) != len(TASKS):
             raise ValueError(f"retrieval.segments needs 4 weights and retrieval.tasks {len(TASKS)} ({', '.join(TASKS)})")
         if min(self.segments + self.tasks) < 0 or sum(self.segments) <= 0 or sum(self.tasks) <= 0:
             raise ValueError("retrieval.segments and retrieval.tasks must be non-negative weights with a positive sum")
-        for name in ("noise_haystack", "ruler_wording", "number_values"):
+        for name in ("noise_haystack", "ruler_wording", "number_values", "pair_numbers"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"retrieval.{name} must be in [0, 1]")
         if self.max_facts < 2 or self.max_asked < 1:
