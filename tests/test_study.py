@@ -138,9 +138,14 @@ def test_report_renders_tables_and_figures_from_hand_made_cells(tmp_path):
     assert summary["reference"] == "sft" and summary["seeds"] == [0, 1, 2]
     loss = summary["differences"]["refine"]["val_loss"]
     assert loss["mean"] == pytest.approx(-0.1) and loss["n"] == 3 and loss["excludes_zero"]
-    results = {"refine": {"loss": 3.0, "acc_argmax": 0.30}, "sft": {"loss": 3.2, "acc_argmax": 0.25}}
+    results = {
+        "refine": {"loss": 3.0, "acc_argmax": 0.30, "niah_single": 55.0, "niah_multikey": 20.0},
+        "sft": {"loss": 3.2, "acc_argmax": 0.25, "niah_single": 50.0, "niah_multikey": 10.0},
+    }
     quoted = "\n".join(study_comparison(tmp_path / "summary.json", results))
     assert "| val NTP loss | -0.200 | -0.100 [-0.100, -0.100] * |" in quoted
+    assert "| niah_single (%) | +5.0 pts | +10.0 pts [+10.0, +10.0] * |" in quoted
+    assert "niah_multikey" not in quoted  # not a metric of that study
     assert "val acc (argmax)" not in quoted  # not a metric of that study
 
 

@@ -87,6 +87,12 @@ def study_comparison(path: str | Path, results: dict[str, dict[str, Any]]) -> li
             f"| {label} | {scale * here:+.3f}{unit} | {scale * study['mean']:+.3f}{unit} "
             f"[{scale * study['low']:+.3f}, {scale * study['high']:+.3f}]{mark} |"
         )
+    for task in (k for k in results["refine"] if k.startswith("niah_") and k in differences):  # scores in %
+        study, here = differences[task], results["refine"][task] - results["sft"][task]
+        mark = " *" if study["excludes_zero"] else ""
+        lines.append(
+            f"| {task} (%) | {here:+.1f} pts | {study['mean']:+.1f} pts [{study['low']:+.1f}, {study['high']:+.1f}]{mark} |"
+        )
     return lines
 
 
