@@ -265,3 +265,20 @@ def test_a_config_setting_the_architecture_lacks_is_refused_by_name(arch):
     assert build_config(arch, "tiny").num_hidden_layers == 2
     with pytest.raises(ValueError, match="no config setting 'hidden_sise'"):
         build_config(arch, "tiny", hidden_sise=32)
+
+
+def test_gated_deltanet_initial_forgetting_follows_the_time_step_range():
+    import torch.nn.functional as F
+
+    from refine_lm.models.registry import build_model
+
+    def initial_time_steps(**overrides):
+        model = build_model("gated_deltanet", "tiny", seed=0, **overrides)
+        return torch.cat([F.softplus(layer.attn.dt_bias.detach()) for layer in model.model.layers])
+
+    default = initial_time_steps()
+    assert default.min() >= 1e-3 * 0.999 and default.max() <= 0.1 * 1.001  # fla's range
+    slow = initial_time_steps(time_step_min=1e-5, time_step_max=1e-3)
+    assert slow.min() >= 1e-5 * 0.999 and slow.max() <= 1e-3 * 1.001  # no floor above the range's low end
+    with pytest.raises(ValueError, match="time_step_min <= time_step_max"):
+        build_model("gated_deltanet", "tiny", time_step_min=0.1, time_step_max=1e-3)

@@ -239,6 +239,9 @@ class GatedDeltaNet(DeltaRuleMixer, OwnInitialisation):
         self.use_gate = config.use_gate
         self.output_gate_activation = config.output_gate_activation
         self.allow_neg_eigval = config.allow_neg_eigval
+        self.time_step_range = (getattr(config, "time_step_min", 1e-3), getattr(config, "time_step_max", 0.1))
+        if not 0 < self.time_step_range[0] <= self.time_step_range[1]:
+            raise ValueError(f"need 0 < time_step_min <= time_step_max, got {self.time_step_range}")
         self._build(config.hidden_size, config.norm_eps)
         self.a_proj = nn.Linear(config.hidden_size, self.num_v_heads, bias=False)
         self.b_proj = nn.Linear(config.hidden_size, self.num_v_heads, bias=False)
@@ -257,8 +260,11 @@ class GatedDeltaNet(DeltaRuleMixer, OwnInitialisation):
         """Decay rates A ~ U(0, 16) (flash-linear-attention's initialisation)."""
         return torch.empty(self.num_v_heads).uniform_(0, 16).log()
 
-    def initial_dt_bias(self, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4) -> Tensor:
-        """softplus^-1 of time steps log-uniform in [dt_min, dt_max] (Mamba's initialisation)."""
+    def initial_dt_bias(self, floor: float = 1e-4) -> Tensor:
+        """softplus^-1 of time steps log-uniform in [time_step_min, time_step_max] (Mamba's initialisation;
+        fla's range is [1e-3, 0.1])."""
+        dt_min, dt_max = self.time_step_range
+        floor = min(floor, dt_min)
         dt = torch.exp(torch.rand(self.num_v_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=floor)
         return dt + torch.log(-torch.expm1(-dt))

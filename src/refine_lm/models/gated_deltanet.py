@@ -25,6 +25,10 @@ class GatedDeltaNetConfig(FastWeightConfig):
         num_v_heads=None,
         num_hidden_layers=21,
         output_gate_activation="swish",
+        # not in fla's config (which fixes them): the range of the gate's initial time steps dt, whose product
+        # with A ~ U(0, 16) is each head's initial forgetting rate per token (Mamba's initialisation)
+        time_step_min=1e-3,
+        time_step_max=0.1,
     )
 
     def __init__(self, **kwargs):  # its own __init__, so transformers does not generate one
