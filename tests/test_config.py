@@ -78,3 +78,27 @@ def test_a_section_given_in_part_keeps_the_commands_own_defaults_for_the_rest():
     demo = load_config(DemoConfig, None, ["loop.threads=1", "niah.max_new_tokens=8"])
     assert (demo.loop.steps, demo.loop.batch_size, demo.loop.threads) == (20, 4, 1)  # not LoopConfig's 100 x 8
     assert demo.niah.samples_per_depth == 1 and demo.niah.max_new_tokens == 8
+
+
+def _shipped_configs():
+    from pathlib import Path
+
+    from refine_lm.cli.generate import GenerateConfig
+    from refine_lm.data import PrepareConfig
+    from refine_lm.demo import DemoConfig
+    from refine_lm.study.runner import StudyConfig
+    from refine_lm.train.pretrain import PretrainConfig
+
+    kinds = {"data": PrepareConfig, "pretrain": PretrainConfig, "study": StudyConfig}
+    for path in sorted(Path("configs").rglob("*.yaml")):
+        cls = kinds.get(path.parent.name) or {"demo.yaml": DemoConfig, "demo_generate.yaml": GenerateConfig}[path.name]
+        yield pytest.param(cls, path, id=str(path))
+
+
+@pytest.mark.parametrize(("cls", "path"), list(_shipped_configs()))
+def test_every_shipped_config_is_valid(cls, path):
+    from refine_lm.study.runner import StudyConfig, expand_grid
+
+    cfg = load_config(cls, path, [])
+    if cls is StudyConfig:
+        assert expand_grid(cfg)  # every arm's settings are checked, as before a study's first cell
