@@ -16,7 +16,6 @@ step >= 3x faster than backend chunk's at 16K) and writes everything into one JS
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from refine_lm.cli.bench import load_benchmark
 from refine_lm.config import load_config
 from refine_lm.memory import peak_memory_bytes
 from refine_lm.models.registry import build_model
@@ -50,13 +50,6 @@ class BenchGPUConfig:
     tests: bool = True  # run pytest -m gpu first
     models: bool = True  # run bench models on the device
     output: str = "runs/bench/gpu.json"
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"bench_{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sync(device: str) -> None:
@@ -118,8 +111,8 @@ def main(config_path: str | None = None, overrides: list[str] | tuple[str, ...] 
         report["gpu_tests_exit_code"] = tests.returncode
     if cfg.models:
         models_json = Path(cfg.output).with_name("gpu_models.json")
-        report["models"] = _bench("models").main(None, [f"device={cfg.device}", f"output={models_json}"])
-    bench_refine = _bench("refine")
+        report["models"] = load_benchmark("models").main(None, [f"device={cfg.device}", f"output={models_json}"])
+    bench_refine = load_benchmark("refine")
     refine: dict = {}
     for shape in cfg.shapes:
         for arch in cfg.archs:

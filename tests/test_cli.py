@@ -7,6 +7,7 @@ import json
 import pytest
 
 from refine_lm.cli import main
+from refine_lm.cli.bench import BENCHMARKS, load_benchmark
 from refine_lm.models.registry import load_model
 
 
@@ -70,6 +71,14 @@ def test_bench_refine_runs_at_toy_sizes(tmp_path, capsys):
     assert {"reprefill_one_pass", "reprefill_grouped"} <= results["96"].keys()
     assert "reprefill_one_pass" not in results["128"] and results["128"]["reprefill_grouped"]["peak_mib"] > 0
     assert results["128"]["memory_refine_over_sft"] > 0 and results["128"]["reprefill_grouped_over_refine"] > 0
+
+
+@pytest.mark.parametrize("script", sorted(BENCHMARKS.glob("bench_*.py")), ids=lambda p: p.stem)
+def test_every_benchmark_script_loads_as_a_module(script):
+    """bench gpu loads its sibling scripts the way the CLI does; a dataclass with a dotted annotation needs the
+    module registered while it executes."""
+    module = load_benchmark(script.stem.removeprefix("bench_"))
+    assert callable(module.main)
 
 
 def test_bench_gpu_plumbing_runs_on_cpu_at_toy_sizes(tmp_path, capsys):

@@ -118,3 +118,22 @@ def test_why_the_kernels_cannot_run_is_said():
     assert "fp64" in fla_unavailable(torch.zeros(1, dtype=torch.float64))
     assert fla_unavailable(torch.zeros(1)) is None  # CPU under the interpreter
     assert "CUDA" in fla_unavailable(torch.zeros(1), auto=True)  # backend auto uses the interpreter never
+
+
+@pytest.mark.parametrize(
+    "capability, triton_version, has_tilelang, refused",
+    [
+        ((9, 0), "3.6.0", False, True),  # an H100 / H200 with the Triton of torch 2.11: fla-core refuses the backward
+        ((9, 0), "3.7.1", False, False),
+        ((9, 0), "3.3.1", False, False),
+        ((9, 0), "3.6.0", True, False),  # tilelang supplies that kernel
+        ((8, 0), "3.6.0", False, False),  # an A100
+    ],
+)
+def test_gated_backward_defect_of_hopper_with_some_tritons_is_named(capability, triton_version, has_tilelang, refused):
+    from refine_lm.ops.fla_backend import gated_backward_defect
+
+    why = gated_backward_defect(capability, triton_version, has_tilelang)
+    assert (why is not None) == refused
+    if refused:
+        assert f"Triton {triton_version}" in why and "tilelang" in why

@@ -13,12 +13,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("suite", help="which benchmarks/bench_<suite>.py to run, e.g. models")
 
 
-def run(args) -> None:
-    script = BENCHMARKS / f"bench_{args.suite}.py"
+def load_benchmark(suite: str):
+    """The module of ``benchmarks/bench_<suite>.py`` (the benchmarks are scripts, not a package)."""
+    script = BENCHMARKS / f"bench_{suite}.py"
     if not script.is_file():
         raise FileNotFoundError(f"{script} not found: benchmarks run from a source checkout (pip install -e .)")
-    spec = importlib.util.spec_from_file_location(f"bench_{args.suite}", script)
+    spec = importlib.util.spec_from_file_location(f"bench_{suite}", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
-    module.main(args.config, args.overrides)
+    return module
+
+
+def run(args) -> None:
+    load_benchmark(args.suite).main(args.config, args.overrides)

@@ -144,7 +144,7 @@ class DeltaRuleMixer(nn.Module, abc.ABC):
 
         backend = recurrence.backend
         if backend in ("auto", "fla"):
-            why = fla_unavailable(q, auto=backend == "auto")
+            why = fla_unavailable(q, auto=backend == "auto", gated=log_decay is not None)
             if why is not None and backend == "fla":
                 raise RuntimeError(f"backend 'fla' cannot run here: {why}")
             if why is not None:  # expected on a CPU; on a GPU it costs speed, so it is a warning there

@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import logging
 import os
+import re
 import sys
 
 import torch
@@ -41,16 +42,34 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def fla_unavailable(x: Tensor, auto: bool = False) -> str | None:
+def fla_unavailable(x: Tensor, auto: bool = False, gated: bool = False) -> str | None:
     """Why the kernels cannot read ``x`` (None when they can). ``auto``: for backend ``auto``, which uses
-    them on CUDA only (the interpreter is for tests that ask for backend ``fla``)."""
+    them on CUDA only (the interpreter is for tests that ask for backend ``fla``). ``gated``: the gated
+    (Gated DeltaNet) kernels, whose backward some GPU and Triton pairs cannot run."""
     if not fla_installed():
         return "flash-linear-attention is not installed (pip install -e '.[fla]')"
     if x.device.type != "cuda" and (auto or not interpreting()):
         return f"the kernels need CUDA, the input is on {x.device.type}"
     if x.dtype == torch.float64:
         return "the kernels compute in fp32 at most, the input is fp64"
+    if gated and x.device.type == "cuda" and torch.is_grad_enabled():
+        import triton
+
+        has_tilelang = importlib.util.find_spec("tilelang") is not None
+        return gated_backward_defect(torch.cuda.get_device_capability(x.device), triton.__version__, has_tilelang)
     return None
+
+
+def gated_backward_defect(capability: tuple[int, int], triton_version: str, has_tilelang: bool) -> str | None:
+    """fla-core refuses the gated kernels' backward on Hopper (compute capability 9.x) with Triton 3.4.0 up
+    to 3.7.0, which compile it to wrong results, unless tilelang provides that kernel; the forward is fine."""
+    version = tuple(int(part) for part in re.findall(r"\d+", triton_version)[:3])
+    if capability[0] != 9 or has_tilelang or not (3, 4, 0) <= version < (3, 7, 1):
+        return None
+    return (
+        f"Triton {triton_version} compiles the gated kernels' backward wrongly on Hopper GPUs (fla-core refuses "
+        "it): install triton>=3.7.1 or tilelang"
+    )
 
 
 @functools.cache
@@ -129,7 +148,7 @@ def fla_delta_rule(
     read q, k, v, beta in ``dtype`` (default: bf16 on CUDA, fp32 under the interpreter, whose bf16 dots
     are wrong) and keep states and decays in fp32.
     """
-    why = fla_unavailable(q)
+    why = fla_unavailable(q, gated=g is not None)
     if why is not None:
         raise RuntimeError(f"backend 'fla': {why}")
     if interpreting():
