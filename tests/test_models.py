@@ -282,3 +282,19 @@ def test_gated_deltanet_initial_forgetting_follows_the_time_step_range():
     assert slow.min() >= 1e-5 * 0.999 and slow.max() <= 1e-3 * 1.001  # no floor above the range's low end
     with pytest.raises(ValueError, match="time_step_min <= time_step_max"):
         build_model("gated_deltanet", "tiny", time_step_min=0.1, time_step_max=1e-3)
+
+
+def test_gated_deltanet_with_no_forgetting_and_no_output_gate_is_deltanet():
+    """Gated DeltaNet's recurrence is DeltaNet's times a decay: with the decay at 1 (A -> 0) and no output gate,
+    DeltaNet's weights give the same logits, which is what warm-starting one from the other relies on."""
+    from refine_lm.models.registry import build_model
+
+    deltanet = build_model("delta_net", "tiny", seed=0).eval()
+    gated = build_model("gated_deltanet", "tiny", seed=1, num_heads=4, head_dim=16, expand_v=1, use_gate=False).eval()
+    missing, unexpected = gated.load_state_dict(deltanet.state_dict(), strict=False)
+    assert not unexpected and {name.split(".", 3)[-1] for name in missing} == {"attn.A_log", "attn.a_proj.weight", "attn.dt_bias"}
+    for layer in gated.model.layers:
+        layer.attn.A_log.data.fill_(-30.0)  # forgetting rate exp(A_log) * dt ~ 1e-14 per token
+    ids = random_ids(2, 40, vocab=deltanet.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(gated(ids).logits, deltanet(ids).logits, atol=1e-5, rtol=1e-5)

@@ -112,6 +112,30 @@ def test_pretraining_lowers_validation_loss_below_unigram(tiny_corpus, tiny_base
     assert trained["unigram_ppl"] > 1 and trained["unigram_loss"] < untrained["loss"]
 
 
+def test_a_gated_deltanet_warm_started_from_a_deltanet_base_keeps_its_shared_weights(tiny_corpus, tiny_base, tmp_path):
+    from refine_lm.config import ConfigError
+    from refine_lm.models.registry import build_model
+    from refine_lm.train.pretrain import warm_start
+
+    args = ["pretrain", f"data.corpus={tiny_corpus}", "data.seq_len=64", "model.arch=gated_deltanet", "model.preset=tiny"]
+    args += ["model.config={num_heads: 4, head_dim: 16, expand_v: 1}"]  # the heads of DeltaNet's tiny preset
+    args += ["loop.steps=1", *LOOP, "optim.lr=1e-12", "optim.warmup_steps=0", f"output_dir={tmp_path / 'run'}"]
+    assert main([*args, f"init_from={tiny_base}"]) == 0
+    deltanet, gated = load_model(tiny_base).state_dict(), load_model(list_checkpoints(tmp_path / "run")[-1]).state_dict()
+    shared = deltanet.keys() & gated.keys()
+    assert {"model.embeddings.weight", "model.layers.0.attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"} <= shared
+    assert all(torch.allclose(deltanet[name], gated[name], atol=1e-9) for name in shared)  # one step at lr 1e-12
+
+    vocab = deltanet["lm_head.weight"].shape[0]
+    fresh = build_model("gated_deltanet", "tiny", num_heads=4, head_dim=16, expand_v=1, vocab_size=vocab)
+    gates = ["A_log", "a_proj.weight", "dt_bias", "g_proj.weight"]
+    assert warm_start(fresh, tiny_base) == [f"model.layers.*.attn.{name}" for name in gates]
+    with pytest.raises(ConfigError, match=r"init_from: .*b_proj\.weight of shape \(4, 64\), this model \(2, 64\)"):
+        warm_start(build_model("gated_deltanet", "tiny", vocab_size=vocab), tiny_base)  # 2 heads of 16
+    with pytest.raises(ConfigError, match=r"init_from: .*no config\.json"):
+        warm_start(fresh, tmp_path)
+
+
 def test_interrupted_pretraining_resumes_identically(tiny_corpus, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -69,6 +70,10 @@ class PretrainConfig:
         ``metrics.jsonl``; with stages, one directory per stage inside it.
     export_to: if set, the final model is also written there as a clean Hugging Face directory
         (config, weights, tokenizer) with ``training.yaml`` (these settings) and ``results.json``.
+    init_from: a checkpoint directory (e.g. another architecture's base) whose parameters start the run (its
+        first stage) wherever the new model has a parameter of the same name (of another shape: an error);
+        the new model's other parameters (a Gated DeltaNet's decay and output gates, started from DeltaNet)
+        keep their initialisation; null: from scratch.
     stages: a curriculum (see :class:`PretrainStage`), run in order; empty: one run of the settings above.
         An interrupted curriculum resumes in the stage it stopped in.
     """
@@ -79,6 +84,7 @@ class PretrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     output_dir: str = "runs/pretrain"
     export_to: str | None = None
+    init_from: str | None = None
     stages: list[PretrainStage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -107,7 +113,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         runs = [cfg.stage_config(stage) for stage in cfg.stages]
         for stage, run in zip(cfg.stages, runs):
             if is_main():
-                print(f"stage {stage.name}: {run.loop.steps} steps on {run.data.corpus}, from {init or 'scratch'}")
+                start = init or (f"{cfg.init_from} (warm start)" if cfg.init_from else "scratch")
+                print(f"stage {stage.name}: {run.loop.steps} steps on {run.data.corpus}, from {start}")
             result, n_params = _train(run, init)
             init = list_checkpoints(run.output_dir)[-1]
     if cfg.export_to:
@@ -139,6 +146,10 @@ def _train(cfg: PretrainConfig, init: Path | None) -> tuple[dict[str, float], in
                 f"({previous['model.embeddings.weight'].shape[0]}): every stage needs the same tokenizer"
             )
         model.load_state_dict(previous)
+    elif cfg.init_from:
+        kept = warm_start(model, Path(cfg.init_from))
+        if is_main():
+            print(f"init_from {cfg.init_from}: every parameter copied but {', '.join(kept) or 'none'} (initialised afresh)")
     n_params = sum(p.numel() for p in model.parameters())
     tokens = cfg.loop.steps * cfg.loop.batch_size * cfg.data.seq_len
     if is_main():
@@ -156,6 +167,28 @@ def _train(cfg: PretrainConfig, init: Path | None) -> tuple[dict[str, float], in
         run_config={**to_dict(cfg), "init": None if init is None else str(init)},
     )
     return result, n_params
+
+
+def warm_start(model: torch.nn.Module, source: Path) -> list[str]:
+    """Copy into ``model`` every parameter of checkpoint ``source`` that it has under the same name; return the
+    model's parameters that ``source`` lacks (per layer: ``layers.*.``), which keep their initialisation."""
+    try:
+        theirs = load_model(source).state_dict()
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"init_from: {e}") from None
+    ours = model.state_dict()
+    for name in sorted(ours.keys() & theirs.keys()):
+        if ours[name].shape != theirs[name].shape:
+            raise ConfigError(
+                f"init_from: {source} has {name} of shape {tuple(theirs[name].shape)}, this model "
+                f"{tuple(ours[name].shape)}: the model's sizes (model.preset, model.config and the corpus's vocabulary) "
+                "must match the checkpoint's"
+            )
+    shared = {name: tensor for name, tensor in theirs.items() if name in ours}
+    if not shared:
+        raise ConfigError(f"init_from: {source} shares no parameter name with a {model.config.model_type} model")
+    model.load_state_dict(shared, strict=False)
+    return sorted({re.sub(r"layers\.\d+\.", "layers.*.", name) for name in ours.keys() - shared.keys()})
 
 
 def export(
