@@ -92,6 +92,26 @@ def test_bad_arms_are_refused_before_anything_runs(tiny_corpus, tiny_study_base,
         grid(reference="nope")
 
 
+def test_the_heldout_wording_runs_at_its_own_lengths(tiny_corpus, tiny_study_base, tmp_path, monkeypatch):
+    data = study_dict(tiny_study_base, tiny_corpus, tmp_path)
+    data["eval"].update(
+        suite={"tasks": ["niah_single"], "lengths": [384, 512]}, heldout_lengths=[384], validation=False, long_documents=0
+    )
+    cfg = from_dict(StudyConfig, data)
+    runs = []
+
+    def fake_suite(suite, model, tokenizer):
+        runs.append((suite.niah.wording, list(suite.lengths)))
+        return {"results": {"niah_single": {"score": 0.5}}}
+
+    monkeypatch.setattr(study_runner, "run_suite", fake_suite)
+    cell = expand_grid(cfg)[0]
+    corpus_data = study_runner.TrainingData(cfg.train.data, 2, 0)
+    metrics = study_runner.evaluate_cell(cell, tiny_study_base, cfg.eval, corpus_data)["metrics"]
+    assert runs == [("ruler", [384, 512]), ("heldout", [384])]
+    assert metrics["niah_single"] == metrics["heldout_niah_single"] == 0.5
+
+
 def test_statistics_on_hand_made_numbers():
     s = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
     assert s.mean == 3.0 and s.std == pytest.approx(np.std([1, 2, 3, 4, 5], ddof=1)) and s.n == 5

@@ -64,6 +64,7 @@ class StudyEvalConfig:
         lengths, niah; ``tasks: []`` runs no generation task.
     heldout_wording: also run the suite's NIAH tasks in the held-out wording (``niah.wording=heldout``),
         reported as ``heldout_<task>``: retrieval in phrasing no training data uses.
+    heldout_lengths: context lengths of the held-out wording run (empty: the suite's lengths).
     validation: the run's validation sets (held-out NTP loss / accuracy, recall of held-out episodes),
         reported as ``val_*`` and ``recall_acc``.
     long_documents: windows of held-out test-split real text read for NTP loss and accuracy (argmax
@@ -74,6 +75,7 @@ class StudyEvalConfig:
 
     suite: dict[str, Any] = field(default_factory=lambda: {"tasks": ["niah"], "lengths": [1024, 2048, 4096]})
     heldout_wording: bool = True
+    heldout_lengths: list[int] = field(default_factory=list)
     validation: bool = True
     long_documents: int = 16
     long_length: int = 4096
@@ -232,6 +234,8 @@ def evaluate_cell(cell: Cell, model_dir: Path, cfg: StudyEvalConfig, data: Train
         heldout = copy.deepcopy(cell.suite)
         heldout.niah.wording = "heldout"
         heldout.tasks = [t for t in heldout.tasks if t.startswith("niah")]
+        if cfg.heldout_lengths:
+            heldout.lengths = list(cfg.heldout_lengths)
         heldout.output_dir = str(Path(cell.suite.output_dir) / "heldout")
         suites.append(("heldout_", heldout))
     for prefix, suite in suites:
