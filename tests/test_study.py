@@ -215,5 +215,6 @@ def test_a_study_resumes_where_it_stopped_and_rerenders_at_once(tiny_corpus, tin
     assert main(["study", "--config", str(config)]) == 0
     assert "Paired difference to `sft`" in (out / "report.md").read_text()
 
-    # changed settings never reuse a stored cell
+    # changed settings never reuse a stored cell, in training or in what is measured
     assert main(["study", "--config", str(config), "train.optim.lr=0.5"]) == 2
+    assert main(["study", "--config", str(config), "eval.long_documents=1"]) == 2

@@ -131,6 +131,7 @@ class Cell:
     train: TrainConfig | None  # None for the base arm
     suite: EvalConfig
     match_compute_of: str | None = None  # the arm whose same-seed run sets this one's steps
+    measures: dict[str, Any] = field(default_factory=dict)  # the study's eval settings beside the suite
 
     @property
     def key(self) -> str:
@@ -142,7 +143,7 @@ class Cell:
         if train is not None:
             train["sft"]["match_compute_of"] = self.match_compute_of
         suite = {**to_dict(self.suite), "output_dir": None, "progress": None}
-        text = json.dumps({"arm": self.arm.method, "train": train, "suite": suite}, sort_keys=True)
+        text = json.dumps({"arm": self.arm.method, "train": train, "suite": suite, "measures": self.measures}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -157,6 +158,7 @@ def expand_grid(cfg: StudyConfig) -> list[Cell]:
     """Every (arm, seed) cell, arms in order, each with its settings built and checked now (before any training)."""
     out = Path(cfg.output_dir)
     names = [a.name for a in cfg.arms]
+    measures = {key: value for key, value in to_dict(cfg.eval).items() if key != "suite"}
     cells: list[Cell] = []
     for index, arm in enumerate(cfg.arms):
         for seed in cfg.seeds:
@@ -180,7 +182,7 @@ def expand_grid(cfg: StudyConfig) -> list[Cell]:
             suite_data = _override(cfg.eval.suite, arm.eval)
             suite_data.update(model=cfg.base, seed=seed, output_dir=str(directory / "eval"), progress=False)
             suite = from_dict(EvalConfig, suite_data, f"{source} eval")
-            cells.append(Cell(arm, seed, directory, train, suite, match))
+            cells.append(Cell(arm, seed, directory, train, suite, match, measures))
     return cells
 
 
