@@ -16,6 +16,7 @@ from refine_lm.models.registry import build_model
 from refine_lm.study import StudyConfig, bootstrap_interval, expand_grid, paired_difference, summarize
 from refine_lm.study import runner as study_runner
 from refine_lm.study.report import write_report
+from refine_lm.study.stats import Summary
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,8 @@ def test_statistics_on_hand_made_numbers():
     assert not summarize(list(arm.values())).excludes_zero() or True
     mixed = paired_difference({0: 1.0, 1: -1.0, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0})
     assert mixed.low < 0 < mixed.high and not mixed.excludes_zero()
+    assert not Summary(2.9, 3.7, 2.842e-15, 6.0, 5).excludes_zero()  # zero but for float rounding: touches 0
+    assert Summary(2.9, 3.7, 1e-3, 6.0, 5).excludes_zero() and Summary(-2.9, 3.7, -6.0, -1e-3, 5).excludes_zero()
 
 
 def test_report_renders_tables_and_figures_from_hand_made_cells(tmp_path):
