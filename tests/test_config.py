@@ -76,7 +76,7 @@ def test_a_section_given_in_part_keeps_the_commands_own_defaults_for_the_rest():
     from refine_lm.demo import DemoConfig
 
     demo = load_config(DemoConfig, None, ["loop.threads=1", "niah.max_new_tokens=8"])
-    assert (demo.loop.steps, demo.loop.batch_size, demo.loop.threads) == (20, 4, 1)  # not LoopConfig's 100 x 8
+    assert (demo.loop.steps, demo.loop.batch_size, demo.loop.threads) == (60, 4, 1)  # not LoopConfig's 100 x 8
     assert demo.niah.samples_per_depth == 1 and demo.niah.max_new_tokens == 8
 
 
