@@ -91,6 +91,8 @@ def test_bad_arms_are_refused_before_anything_runs(tiny_corpus, tiny_study_base,
         grid(arms=[{"name": "a", "method": "sft"}, {"name": "a", "method": "refine"}])
     with pytest.raises(ConfigError, match="reference 'nope' is not an arm"):
         grid(reference="nope")
+    with pytest.raises(ConfigError, match="heldout_lengths must be positive"):
+        grid(eval={"heldout_lengths": [0]})
 
 
 def test_the_heldout_wording_runs_at_its_own_lengths(tiny_corpus, tiny_study_base, tmp_path, monkeypatch):

@@ -81,6 +81,10 @@ class StudyEvalConfig:
     long_length: int = 4096
     buckets: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if any(n < 1 for n in self.heldout_lengths):
+            raise ValueError(f"heldout_lengths must be positive token counts, got {self.heldout_lengths}")
+
 
 @dataclass
 class StudyConfig:
