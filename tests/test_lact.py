@@ -518,3 +518,21 @@ def test_newton_schulz_dtype_defaults_to_lact_llm_and_the_shipped_base_keeps_fp3
     assert shipped["use_muon"] and shipped["newton_schulz_dtype"] == "float32"  # the dtype it was trained with
     with pytest.raises(ValueError, match="newton_schulz_dtype"):
         tiny_model("lact", use_muon=True, newton_schulz_dtype="float16")
+
+
+def test_ttt_scale_zero_init_starts_with_the_fast_weight_branch_silent():
+    """With ``ttt_scale_zero_init`` the fast-weight branch adds nothing at initialisation (SiLU(0) = 0): the
+    logits do not depend on its weights. By default (lact_llm's init) they do."""
+    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(0))
+
+    def logits_with_other_fast_weights(model):
+        with torch.no_grad():
+            before = model(ids).logits
+            for layer in model.model.layers:
+                layer.attn.w1.mul_(3.0)
+            return before, model(ids).logits
+
+    silent = lact(ttt_scale_zero_init=True)
+    assert all((layer.attn.ttt_scale_proj.weight == 0).all() for layer in silent.model.layers)
+    assert torch.equal(*logits_with_other_fast_weights(silent))
+    assert not torch.allclose(*logits_with_other_fast_weights(lact()))

@@ -182,7 +182,7 @@ def test_a_study_resumes_where_it_stopped_and_rerenders_at_once(tiny_corpus, tin
     data["arms"] = data["arms"][:4]
     data["seeds"] = [0]
     config.write_text(yaml.safe_dump(data))
-    real_run_cell = study_runner.run_cell
+    real_run_cell, real_evaluate = study_runner.run_cell, study_runner.evaluate_cell
     calls = []
 
     def interrupted(cell, cfg, corpus_data):
@@ -220,6 +220,19 @@ def test_a_study_resumes_where_it_stopped_and_rerenders_at_once(tiny_corpus, tin
     assert main(["study", "--config", str(config)]) == 0
     assert "Paired difference to `sft`" in (out / "report.md").read_text()
 
-    # changed settings never reuse a stored cell, in training or in what is measured
+    # changed training settings never reuse a stored cell
     assert main(["study", "--config", str(config), "train.optim.lr=0.5"]) == 2
-    assert main(["study", "--config", str(config), "eval.long_documents=1"]) == 2
+
+    # changed measurements evaluate the stored models again, without training them again
+    monkeypatch.undo()
+    log = (out / "cells/refine/seed-0/run/metrics.jsonl").read_text()
+    evaluated = []
+    monkeypatch.setattr(study_runner, "evaluate_cell", lambda cell, *a: evaluated.append(cell.key) or real_evaluate(cell, *a))
+    assert main(["study", "--config", str(config), "eval.suite.lengths=[256]"]) == 0
+    assert evaluated == ["base/seed-0", "refine/seed-0", "sft/seed-0", "sft-compute/seed-0"]
+    assert (out / "cells/refine/seed-0/run/metrics.jsonl").read_text() == log
+    again = json.loads((out / "results.json").read_text())["cells"][1]
+    assert (
+        again["train_identity"] == results["cells"][1]["train_identity"] and again["identity"] != results["cells"][1]["identity"]
+    )
+    assert again["metrics"]["compute_tokens"] == cell["compute_tokens"]

@@ -100,6 +100,7 @@ class LaCT(nn.Module, OwnInitialisation):
         self.v_silu = config.qkv_silu and not config.no_v_silu  # lact_llm: no_v_silu overrides qkv_silu for v
         self.attn_qk_norm, self.learnable_ttt_scale = config.attn_qk_norm, config.learnable_ttt_scale
         self.w0_w2_low_rank, self.fw_init_gain = config.w0_w2_low_rank, config.fw_init_gain
+        self.ttt_scale_zero_init = config.ttt_scale_zero_init
         H, dk, dh = self.num_fw_heads, self.fw_head_dim, self.fw_hidden_dim
 
         self.qkv = nn.Linear(D, 3 * D, bias=config.qkv_bias)
@@ -125,13 +126,17 @@ class LaCT(nn.Module, OwnInitialisation):
         self.init_own_parameters()
 
     def init_own_parameters(self) -> None:
-        """lact_llm's initialisation of what is not a Linear / norm: q/k rescaling and the initial fast weights."""
+        """lact_llm's initialisation of what is not a Linear / norm: q/k rescaling and the initial fast weights
+        (and, with ``ttt_scale_zero_init``, the fast-weight branch's output scale at zero)."""
         init.ones_(self.qk_scale)
         init.zeros_(self.qk_offset)
         if self.w0_w2_low_rank <= 0:
             init.normal_(self.w0, std=1 / math.sqrt(self.fw_head_dim))
             init.normal_(self.w2, std=1 / math.sqrt(self.fw_head_dim))
         init.normal_(self.w1, std=1 / math.sqrt(self.fw_hidden_dim))
+        if self.learnable_ttt_scale and self.ttt_scale_zero_init:  # after the Linear's own init (children first)
+            init.zeros_(self.ttt_scale_proj.weight)
+            init.zeros_(self.ttt_scale_proj.bias)
 
     def initial_fast_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         """The learned initial ``(w0, w1, w2)``, ``[H, d_h, d_k]``, ``[H, d_v, d_h]``, ``[H, d_h, d_k]``."""

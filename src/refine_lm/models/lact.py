@@ -54,6 +54,9 @@ class LaCTConfig(FastWeightConfig):
     Added here (not in lact_llm): ``newton_schulz_dtype``, the precision of Muon's Newton-Schulz
     iteration: ``bfloat16`` (the default) is what lact_llm computes, so its checkpoints' outputs match;
     ``float32`` computes it like the rest of the fast-weight branch (fp32, fp64 with fp64 inputs).
+    ``ttt_scale_zero_init``: ``ttt_scale_proj`` starts at zero, so the fast-weight branch adds nothing at
+    initialisation (SiLU(0) = 0) and opens as it learns; the window attention then finds a copy (induction)
+    circuit far sooner (bases/README.md). Off, ``ttt_scale_proj`` is initialised like every Linear, as lact_llm does.
 
     Kept so configs round-trip, without effect here (as in lact_llm, or kernel choices):
     ``max_position_embeddings``, ``elementwise_affine``, ``fuse_*``, ``last_layer_fuse_norm``,
@@ -105,6 +108,7 @@ class LaCTConfig(FastWeightConfig):
         use_fused_kernel=False,
         fp32_states=False,
         newton_schulz_dtype="bfloat16",
+        ttt_scale_zero_init=False,
     )
 
     def __init__(self, **kwargs):  # its own __init__, so transformers does not generate one

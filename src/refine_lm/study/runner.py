@@ -141,14 +141,26 @@ class Cell:
     def key(self) -> str:
         return f"{self.arm.name}/seed-{self.seed}"
 
-    def identity(self) -> str:
-        """A digest of everything that decides this cell's numbers (a stored cell must match it)."""
+    def _settings(self) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         train = None if self.train is None else {**to_dict(self.train), "output_dir": None}
         if train is not None:
             train["sft"]["match_compute_of"] = self.match_compute_of
-        suite = {**to_dict(self.suite), "output_dir": None, "progress": None}
-        text = json.dumps({"arm": self.arm.method, "train": train, "suite": suite, "measures": self.measures}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return train, {**to_dict(self.suite), "output_dir": None, "progress": None}
+
+    def identity(self) -> str:
+        """A digest of everything that decides this cell's numbers (a stored cell must match it)."""
+        train, suite = self._settings()
+        return _digest({"arm": self.arm.method, "train": train, "suite": suite, "measures": self.measures})
+
+    def train_identity(self) -> str:
+        """A digest of what decides the cell's trained model: a stored cell that matches it but not
+        :meth:`identity` was measured otherwise, and is evaluated again without training again."""
+        train, suite = self._settings()
+        return _digest({"arm": self.arm.method, "train": train, "model": suite["model"]})
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _override(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -280,17 +292,20 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def load_cell(cell: Cell) -> dict[str, Any] | None:
-    """The stored result of a finished cell, or None; a stored cell made with other settings is an error."""
+    """The stored result of a finished cell, or None when it has to run (or only be evaluated again: same
+    training, other measurements); a stored cell trained with other settings is an error."""
     path = cell.directory / "cell.json"
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
-    if stored.get("identity") != cell.identity():
-        raise ConfigError(
-            f"{path}: this cell was run with other settings than the study's present ones; use another output_dir, "
-            f"or delete {cell.directory} to run it again"
-        )
-    return stored
+    if stored.get("identity") == cell.identity():
+        return stored
+    if stored.get("train_identity") == cell.train_identity():
+        return None
+    raise ConfigError(
+        f"{path}: this cell was trained with other settings than the study's present ones; use another output_dir, "
+        f"or delete {cell.directory} to run it again"
+    )
 
 
 def run_cell(cell: Cell, cfg: StudyConfig, data: TrainingData) -> dict[str, Any]:
@@ -307,6 +322,7 @@ def run_cell(cell: Cell, cfg: StudyConfig, data: TrainingData) -> dict[str, Any]
         "method": cell.arm.method,
         "seed": cell.seed,
         "identity": cell.identity(),
+        "train_identity": cell.train_identity(),
         "model": str(model_dir),
         "metrics": {**evaluated["metrics"], **facts["metrics"]},
         "niah_grids": evaluated["niah_grids"],
