@@ -134,3 +134,18 @@ def test_help_lists_every_setting_with_its_type_default_and_doc(command, capsys)
     if command == "study":
         assert "  arms[].method (base|refine|sft|nested-sft|answer-sft, default refine):" in text
         assert "  train.refine.rollout_len (int" in text
+
+
+def test_bench_copy_trains_every_arm_on_the_same_batches(tmp_path, capsys):
+    out = tmp_path / "copy.json"
+    assert main(["bench", "copy", "preset=tiny", "steps=2", "log_every=1", "pairs=3", "batch_size=2", f"output={out}"]) == 0
+    logs = json.loads(out.read_text())["logs"]
+    assert list(logs) == ["lact", "lact-zero-scale", "delta_net"]
+    assert [r["step"] for r in logs["lact"]] == [0, 1, 2]
+    assert "| 2 |" in capsys.readouterr().out
+    recall = tmp_path / "recall.json"
+    assert main(["bench", "copy", "task=recall", "preset=tiny", "steps=0", "pairs=3", "batch_size=2", f"output={recall}"]) == 0
+    with pytest.raises(ValueError, match="task must be copy or recall"):
+        load_benchmark("copy").main(None, ["task=sort"])
+    with pytest.raises(ValueError, match=r"arms\[0\]: needs 'arch'"):
+        load_benchmark("copy").main(None, ["arms=[{name: x}]", "steps=0"])

@@ -197,6 +197,12 @@ def test_a_study_resumes_where_it_stopped_and_rerenders_at_once(tiny_corpus, tin
     assert calls == ["base/seed-0", "refine/seed-0"] and (out / "cells/refine/seed-0/cell.json").is_file()
     first = (out / "cells/refine/seed-0/cell.json").read_text()
 
+    # the stopped study reports the cells it has, running none
+    assert main(["study", "--config", str(config), "report_only=true"]) == 0
+    assert calls == ["base/seed-0", "refine/seed-0"]
+    assert [c["arm"] for c in json.loads((out / "results.json").read_text())["cells"]] == ["base", "refine"]
+    assert "| refine (n=1) |" in (out / "report.md").read_text()
+
     trained = []
     monkeypatch.setattr(study_runner, "run_cell", real_run_cell)
     real_training = study_runner.run_training

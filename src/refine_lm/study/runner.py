@@ -99,6 +99,8 @@ class StudyConfig:
     metrics: metrics the report's tables show, in order (empty: every metric the cells have).
     curve_metric: the validation metric plotted against training compute.
     output_dir: cells, ``results.json``, ``report.md`` and figures.
+    report_only: run no cell; report the cells stored so far (while a study runs, or one stopped part-way:
+        each arm's n says how many seeds it has).
     """
 
     base: str = "bases/delta_net"
@@ -110,6 +112,7 @@ class StudyConfig:
     metrics: list[str] = field(default_factory=list)
     curve_metric: str = "acc_argmax"
     output_dir: str = "runs/study"
+    report_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.arms:
@@ -340,16 +343,21 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     cells = expand_grid(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    pending = [c for c in cells if load_cell(c) is None]
+    stored = {c.key: load_cell(c) for c in cells}
+    pending = [c for c in cells if stored[c.key] is None]
     print(f"study {out}: {len(cfg.arms)} arms x {len(cfg.seeds)} seeds = {len(cells)} cells, {len(pending)} to run")
-    data = TrainingData(cfg.train.data, cfg.train.loop.batch_size, cfg.seeds[0])
-    results = []
-    bar = tqdm(cells, desc="study cells", dynamic_ncols=True, position=0)
-    for cell in bar:
-        bar.set_postfix_str(cell.key)
-        results.append(run_cell(cell, cfg, data))
-    bar.close()
+    if cfg.report_only:
+        results = [r for r in stored.values() if r is not None]
+        print(f"report_only: reporting the {len(results)} stored cells, running none")
+    else:
+        (out / "study.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        data = TrainingData(cfg.train.data, cfg.train.loop.batch_size, cfg.seeds[0])
+        results = []
+        bar = tqdm(cells, desc="study cells", dynamic_ncols=True, position=0)
+        for cell in bar:
+            bar.set_postfix_str(cell.key)
+            results.append(run_cell(cell, cfg, data))
+        bar.close()
     _write_json(out / "results.json", {"study": to_dict(cfg), "cells": results})
     report = write_report(cfg, results, out)
     print(f"report: {report}")
