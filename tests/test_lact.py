@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from refine_lm import LaCTConfig, LaCTForCausalLM, LaCTState, ModelState
 from refine_lm.models.registry import build_config, build_model, load_model
+from refine_lm.ops.conv import causal_conv1d
 from refine_lm.ops.lact import (
     NEWTON_SCHULZ_COEFFICIENTS,
     Muon,
@@ -536,3 +537,71 @@ def test_ttt_scale_zero_init_starts_with_the_fast_weight_branch_silent():
     assert all((layer.attn.ttt_scale_proj.weight == 0).all() for layer in silent.model.layers)
     assert torch.equal(*logits_with_other_fast_weights(silent))
     assert not torch.allclose(*logits_with_other_fast_weights(lact()))
+
+
+# ----- the short-convolution variant ------------------------------------------------------------------
+
+
+def lact_with_conv(**overrides) -> LaCTForCausalLM:
+    """The ``use_short_conv`` variant with every tap of its convolutions random (it starts as the identity)."""
+    model = lact(use_short_conv=True, **overrides)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.attn.qkv_conv1d.weight.normal_(generator=torch.Generator().manual_seed(7))
+    return model
+
+
+def test_short_conv_starts_as_the_plain_layer_and_its_taps_reach_back():
+    ids = random_ids(2, 30)
+    variant, plain = lact(use_short_conv=True), lact()
+    missing = plain.load_state_dict(variant.state_dict(), strict=False)
+    assert all("qkv_conv1d" in name for name in missing.unexpected_keys) and not missing.missing_keys
+    assert torch.allclose(variant(ids).logits, plain(ids).logits, **TOL)  # the identity convolution at first
+    # with its taps set, a token reaches the next conv_size - 1 tokens' q, k, v and no others
+    attn = lact_with_conv().model.layers[0].attn
+    x = torch.randn(1, 20, 64, dtype=torch.float64)
+    changed = x.clone()
+    changed[:, 9] += 1.0
+    y, _ = causal_conv1d(attn.qkv(x), attn.qkv_conv1d.weight[:, 0])
+    y_changed, _ = causal_conv1d(attn.qkv(changed), attn.qkv_conv1d.weight[:, 0])
+    assert ((y - y_changed).abs().amax(dim=(0, 2)) > 0).nonzero()[:, 0].tolist() == [9, 10, 11, 12]
+
+
+@pytest.mark.parametrize("chunk, window", [(8, 3), (5, 17)])
+def test_short_conv_chunkwise_equals_stepwise_and_decoding(chunk, window):
+    model = lact_with_conv(lact_chunk_size=chunk, window_size=window)
+    ids = random_ids(2, 37)
+    chunked = model(ids)
+    stepped = model.set_backend("naive")(ids)
+    assert torch.allclose(chunked.logits, stepped.logits, **TOL)
+    assert states_close(chunked.state, stepped.state)
+    model.set_backend("chunk")
+    for p in (1, 11):
+        decoded, state = decode_from(model, ids, p)
+        assert torch.allclose(decoded, chunked.logits[:, p - 1 : 36], **TOL), p
+        assert states_close(state, chunked.state), p
+
+
+def test_short_conv_states_at_positions_continue_like_rereading_the_prefix():
+    model = lact_with_conv()
+    ids = random_ids(2, 30)
+    positions = torch.tensor([[2, 17], [9, 25]])
+    out = model(ids, state_positions=positions)
+    continuation = random_ids(4, 9, seed=4)
+    batched = model(continuation, state=out.position_states)
+    rows = [(b, int(p)) for b in range(2) for p in positions[b]]
+    for r, (b, p) in enumerate(rows):
+        alone = model(torch.cat([ids[b, :p], continuation[r]])[None])
+        assert torch.allclose(batched.logits[r], alone.logits[0, p:], **TOL), (b, p)
+        assert states_close(batched.state.index([r]), alone.state), (b, p)
+
+
+def test_short_conv_padded_batches_read_each_row_alone():
+    model = lact_with_conv()
+    ids = random_ids(2, 21)
+    mask = torch.ones_like(ids)
+    mask[0, :6] = 0  # row 0 left-padded
+    out = model(ids, attention_mask=mask)
+    alone = model(ids[:1, 6:])
+    assert torch.allclose(out.logits[0, 6:], alone.logits[0], **TOL)
+    assert states_close(out.state.index([0]), alone.state)

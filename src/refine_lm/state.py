@@ -176,11 +176,13 @@ class LaCTState(TensorState):
     """Memory of one LaCT layer: the fast weights with their pending chunk, the sliding-window KV cache,
     and ``position [B]`` (long): tokens read so far. Chunk boundaries sit at multiples of the chunk size
     C from the start of the sequence, so ``position % C`` tokens are pending; rows may sit at different
-    positions (and so cross chunk boundaries at different steps)."""
+    positions (and so cross chunk boundaries at different steps). ``conv``: ``[B, conv_size - 1, 3 D]``, the
+    last pre-convolution q, k, v inputs of the ``use_short_conv`` variant (None without it)."""
 
     fast: FastWeightMemory
     window: WindowCache
     position: Tensor
+    conv: Tensor | None = None
 
 
 @dataclasses.dataclass

@@ -1,6 +1,8 @@
 """The LaCT token mixer (Zhang et al., 2025), with the public ``lact_llm`` implementation's parameter names.
 
-One projection gives q, k, v. They feed two branches whose outputs are summed before ``o_proj``:
+One projection gives q, k, v (then, in refine-lm's ``use_short_conv`` variant, a causal depthwise convolution
+over the last ``conv_size`` tokens, as DeltaNet has). They feed two branches whose outputs are summed before
+``o_proj``:
 
 - sliding-window causal softmax attention (``num_attn_heads`` heads, RoPE at absolute positions,
   each token sees itself and the ``window_size - 1`` tokens before it);
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import initialization as init
 
+from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_cache_at
 from ..ops.dtypes import compute_dtype, upcast
 from ..ops.lact import (
     Muon,
@@ -52,7 +55,7 @@ from ..ops.lact import (
 )
 from ..ops.norm import l2_normalize
 from ..state import FastWeightMemory, LaCTState, StateQuery, WindowCache
-from .common import OwnInitialisation, Recurrence, RMSNorm
+from .common import OwnInitialisation, Recurrence, RMSNorm, ShortConvolution
 
 BASE_LR = 1e-3  # the learning rate at initialisation (zero lr_proj): softplus(0 + softplus^-1(BASE_LR))
 SUBLAYER_NORM_EPS = 1e-5  # q_norm, k_norm and ttt_norm are flash-linear-attention RMSNorms with its default eps
@@ -104,6 +107,9 @@ class LaCT(nn.Module, OwnInitialisation):
         H, dk, dh = self.num_fw_heads, self.fw_head_dim, self.fw_hidden_dim
 
         self.qkv = nn.Linear(D, 3 * D, bias=config.qkv_bias)
+        self.conv_size = config.conv_size if config.use_short_conv else 0
+        if self.conv_size:
+            self.qkv_conv1d = ShortConvolution(3 * D, self.conv_size)
         if self.attn_qk_norm:
             self.q_norm = RMSNorm(D, eps=SUBLAYER_NORM_EPS)
             self.k_norm = RMSNorm(D, eps=SUBLAYER_NORM_EPS)
@@ -127,13 +133,18 @@ class LaCT(nn.Module, OwnInitialisation):
 
     def init_own_parameters(self) -> None:
         """lact_llm's initialisation of what is not a Linear / norm: q/k rescaling and the initial fast weights
-        (and, with ``ttt_scale_zero_init``, the fast-weight branch's output scale at zero)."""
+        (and, with ``ttt_scale_zero_init``, the fast-weight branch's output scale at zero; with ``use_short_conv``,
+        the convolution as the identity)."""
         init.ones_(self.qk_scale)
         init.zeros_(self.qk_offset)
         if self.w0_w2_low_rank <= 0:
             init.normal_(self.w0, std=1 / math.sqrt(self.fw_head_dim))
             init.normal_(self.w2, std=1 / math.sqrt(self.fw_head_dim))
         init.normal_(self.w1, std=1 / math.sqrt(self.fw_hidden_dim))
+        if self.conv_size:  # the current token's tap at 1, the others at 0: the variant starts as lact_llm's layer
+            identity = torch.zeros_like(self.qkv_conv1d.weight)
+            identity[..., -1] = 1.0
+            init.copy_(self.qkv_conv1d.weight, identity)
         if self.learnable_ttt_scale and self.ttt_scale_zero_init:  # after the Linear's own init (children first)
             init.zeros_(self.ttt_scale_proj.weight)
             init.zeros_(self.ttt_scale_proj.bias)
@@ -165,13 +176,15 @@ class LaCT(nn.Module, OwnInitialisation):
             pending_gate=zeros(B, C - 1, H) if self.use_momentum else None,
         )
         window = WindowCache(zeros(B, n, self.num_heads, self.head_dim), zeros(B, n, self.num_heads, self.head_dim))
-        return LaCTState(fast, window, torch.zeros(B, dtype=torch.long, device=device))
+        conv = zeros(B, self.conv_size - 1, 3 * self.hidden_size) if self.conv_size else None
+        return LaCTState(fast, window, torch.zeros(B, dtype=torch.long, device=device), conv)
 
     # ----- shared pieces ----------------------------------------------------------------------
-    def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, ...]:
-        """x ``[B, T, D]`` at absolute ``positions [B, T]`` -> attention q, k, v ``[B, T, A, d]`` (rotated),
-        fast-weight q, k, v ``[B, T, H, d_k]``, learning rates ``[B, T, H, 3]`` and momentum gates ``[B, T, H]``."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+    def _project(self, x: Tensor, qkv: Tensor, positions: Tensor) -> tuple[Tensor, ...]:
+        """x ``[B, T, D]`` and its (convolved) ``qkv`` projection at absolute ``positions [B, T]`` -> attention
+        q, k, v ``[B, T, A, d]`` (rotated), fast-weight q, k, v ``[B, T, H, d_k]``, learning rates ``[B, T, H, 3]``
+        and momentum gates ``[B, T, H]``."""
+        q, k, v = qkv.chunk(3, dim=-1)
         if self.attn_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = upcast(q), upcast(k), upcast(v)
@@ -224,21 +237,33 @@ class LaCT(nn.Module, OwnInitialisation):
             raise ValueError(f"LaCT runs with the chunk, naive or auto backend (fla has no LaCT kernels), got {backend!r}")
         T = x.shape[1]
         positions = state.position[:, None] + torch.arange(T, device=x.device)
-        q, k, v, fq, fk, fv, lr, gate = self._project(x, positions)
+        qkv, padded = self.qkv(x), None
+        if self.conv_size:
+            qkv, padded = causal_conv1d(qkv, self.qkv_conv1d.weight[:, 0], None, state.conv)
+        q, k, v, fq, fk, fv, lr, gate = self._project(x, qkv, positions)
         attention, window, window_at_query = window_attention(q, k, v, state.window, state.position, query=query)
         fast_out, fast, fast_at_query = chunk_fast_weights(
             fq, fk, fv, lr, gate, state.fast, state.position, chunk_size=self.chunk_size, muon=self.muon, query=query
         )
         y = self._output(x, attention, fast_out)
+        conv = conv_at_query = None
+        if padded is not None:  # a clone: a view would keep the whole padded input alive in the state
+            conv = padded[:, padded.shape[1] - (self.conv_size - 1) :].clone()
+            if query is not None:
+                conv_at_query = conv_cache_at(padded, query.rows, query.lengths, self.conv_size)
         query_state = None
         if query is not None:
-            query_state = LaCTState(fast_at_query, window_at_query, state.position[query.rows] + query.lengths)
-        return y, LaCTState(fast, window, state.position + T), query_state
+            positions_at_query = state.position[query.rows] + query.lengths
+            query_state = LaCTState(fast_at_query, window_at_query, positions_at_query, conv_at_query)
+        return y, LaCTState(fast, window, state.position + T, conv), query_state
 
     def step(self, x: Tensor, state: LaCTState) -> tuple[Tensor, LaCTState]:
         """One token for every row: ``x [B, D]`` -> ``(y [B, D], new state)``."""
+        qkv, conv = self.qkv(x), None
+        if self.conv_size:
+            qkv, conv = causal_conv1d_step(qkv, self.qkv_conv1d.weight[:, 0], None, state.conv)
         x = x[:, None]
-        q, k, v, fq, fk, fv, lr, gate = self._project(x, state.position[:, None])
+        q, k, v, fq, fk, fv, lr, gate = self._project(x, qkv[:, None], state.position[:, None])
         attention, window = window_attention_step(q[:, 0], k[:, 0], v[:, 0], state.window, state.position)
         fast_out, fast = fast_weight_step(
             fq[:, 0],
@@ -252,7 +277,7 @@ class LaCT(nn.Module, OwnInitialisation):
             muon=self.muon,
         )
         y = self._output(x, attention[:, None], fast_out[:, None])
-        return y[:, 0], LaCTState(fast, window, state.position + 1)
+        return y[:, 0], LaCTState(fast, window, state.position + 1, conv)
 
     def _forward_stepwise(
         self, x: Tensor, state: LaCTState, query: StateQuery | None
@@ -281,6 +306,8 @@ def _check_config(config) -> None:
         raise ValueError(f"the attention head size {D // config.num_attn_heads} must be even (RoPE)")
     if config.window_size is None or config.window_size < 1:
         raise ValueError(f"window_size must be a positive number of tokens, got {config.window_size!r}")
+    if config.use_short_conv and config.conv_size < 2:
+        raise ValueError(f"conv_size must be >= 2 tokens with use_short_conv, got {config.conv_size}")
     if config.lact_chunk_size < 1:
         raise ValueError(f"lact_chunk_size must be >= 1, got {config.lact_chunk_size}")
     if config.rope_theta is None:

@@ -57,6 +57,9 @@ class LaCTConfig(FastWeightConfig):
     ``ttt_scale_zero_init``: ``ttt_scale_proj`` starts at zero, so the fast-weight branch adds nothing at
     initialisation (SiLU(0) = 0) and opens as it learns; the window attention then finds a copy (induction)
     circuit far sooner (bases/README.md). Off, ``ttt_scale_proj`` is initialised like every Linear, as lact_llm does.
+    ``use_short_conv``: a causal depthwise convolution of width ``conv_size`` on the q, k, v projection (as
+    DeltaNet's short convolutions), so a token's key and value can carry the tokens just before it and one
+    layer can bind a value to the key that precedes it; off (the default) is lact_llm's layer.
 
     Kept so configs round-trip, without effect here (as in lact_llm, or kernel choices):
     ``max_position_embeddings``, ``elementwise_affine``, ``fuse_*``, ``last_layer_fuse_norm``,
@@ -109,6 +112,8 @@ class LaCTConfig(FastWeightConfig):
         fp32_states=False,
         newton_schulz_dtype="bfloat16",
         ttt_scale_zero_init=False,
+        use_short_conv=False,
+        conv_size=4,
     )
 
     def __init__(self, **kwargs):  # its own __init__, so transformers does not generate one
