@@ -199,3 +199,35 @@ def test_a_curriculum_trains_each_stage_from_the_one_before(tiny_corpus, tmp_pat
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == weights
     with pytest.raises(ConfigError, match=r"stages\.short\.data\.: unknown key 'seqlen'|stages\.short\.data\.seqlen"):
         load_config(PretrainConfig, None, [*settings[:-1], "stages=[{name: short, data: {seqlen: 32}}]"])
+
+
+def test_a_lact_warm_started_from_a_deltanet_base_reads_its_keys_and_values(tiny_base, tmp_path):
+    """LaCT's fused qkv projection and short convolution are assembled from DeltaNet's q/k/v parts, so (without
+    RoPE on the fast weights) the fast-weight branch starts with the DeltaNet base's own queries, keys and values."""
+    from refine_lm.config import ConfigError
+    from refine_lm.models.registry import build_model
+    from refine_lm.ops.conv import causal_conv1d
+    from refine_lm.train.pretrain import warm_start
+
+    deltanet = load_model(tiny_base).double()
+    vocab = deltanet.config.vocab_size
+    lact = build_model("lact", "tiny", vocab_size=vocab, num_lact_heads=4, use_short_conv=True, ttt_nope=True).double()
+    kept = warm_start(lact, tiny_base)
+    assert "model.layers.*.attn.qkv.weight" not in kept and "model.layers.*.attn.qkv_conv1d.weight" not in kept
+    theirs, ours = deltanet.model.layers[1].attn, lact.model.layers[1].attn
+    assert torch.equal(ours.qkv.weight, torch.cat([theirs.q_proj.weight, theirs.k_proj.weight, theirs.v_proj.weight]))
+
+    x = torch.randn(2, 9, 64, dtype=torch.float64)
+    weight, _ = theirs._conv_params()
+    q, k, v, _, _ = theirs._heads(x, causal_conv1d(theirs._project(x), weight)[0])
+    qkv, _ = causal_conv1d(ours.qkv(x), ours.qkv_conv1d.weight[:, 0])
+    _, _, _, fq, fk, fv, _, _ = ours._project(x, qkv, torch.arange(9).expand(2, 9))
+    # q and k: the same directions (the two L2 norms differ only in their epsilon: fla's squared 1e-6, lact_llm's 1e-5)
+    direction = lambda t: torch.nn.functional.normalize(t, dim=-1)
+    assert torch.allclose(direction(fq), direction(q), atol=1e-12) and torch.allclose(direction(fk), direction(k), atol=1e-12)
+    assert torch.allclose(fv, v, atol=1e-12)
+
+    narrow_keys = tmp_path / "narrow_keys"  # a DeltaNet with keys of half the width: its q, k, v make no qkv of ours
+    build_model("delta_net", "tiny", vocab_size=vocab, expand_k=0.5).save_pretrained(narrow_keys)
+    with pytest.raises(ConfigError, match=r"init_from: .*parts of model\.layers\.0\.attn\.qkv\.weight make .* \(128, 64\)"):
+        warm_start(lact, narrow_keys)

@@ -35,6 +35,7 @@ Where this differs from ``lact_llm`` (same parameters, same math otherwise):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,13 @@ class LowRankFastWeight(nn.Module, OwnInitialisation):
 
 class LaCT(nn.Module, OwnInitialisation):
     """LaCT layer: sliding-window attention plus large-chunk test-time-trained SwiGLU fast weights."""
+
+    # a DeltaNet keeps these apart: a warm start from one assembles them (with ``ttt_nope`` its q, k, v then
+    # reach the fast weights as DeltaNet's recurrence reads them: SiLU, then L2 norm for q and k)
+    fused_parameters: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv.weight": ("q_proj.weight", "k_proj.weight", "v_proj.weight"),
+        "qkv_conv1d.weight": ("q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight"),
+    }
 
     def __init__(self, config, layer_idx: int | None = None):
         super().__init__()

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch import Tensor
 
 from ..config import ConfigError, _merged, from_dict, to_dict
 from ..models.registry import build_config, build_model, load_model
@@ -73,7 +74,8 @@ class PretrainConfig:
     init_from: a checkpoint directory (e.g. another architecture's base) whose parameters start the run (its
         first stage) wherever the new model has a parameter of the same name (of another shape: an error);
         the new model's other parameters (a Gated DeltaNet's decay and output gates, started from DeltaNet)
-        keep their initialisation; null: from scratch.
+        keep their initialisation; a parameter the new model keeps fused (LaCT's ``qkv`` and its short
+        convolution) is assembled from the checkpoint's separate parts (a DeltaNet's q/k/v); null: from scratch.
     stages: a curriculum (see :class:`PretrainStage`), run in order; empty: one run of the settings above.
         An interrupted curriculum resumes in the stage it stopped in.
     """
@@ -185,10 +187,29 @@ def warm_start(model: torch.nn.Module, source: Path) -> list[str]:
                 "must match the checkpoint's"
             )
     shared = {name: tensor for name, tensor in theirs.items() if name in ours}
+    shared.update(_fused_from_parts(model, theirs, ours.keys() - theirs.keys()))
+    for name in sorted(shared.keys() - theirs.keys()):
+        if ours[name].shape != shared[name].shape:
+            raise ConfigError(
+                f"init_from: {source}'s parts of {name} make a tensor of shape {tuple(shared[name].shape)}, this model "
+                f"has {tuple(ours[name].shape)}: the model's sizes must match the checkpoint's"
+            )
     if not shared:
         raise ConfigError(f"init_from: {source} shares no parameter name with a {model.config.model_type} model")
     model.load_state_dict(shared, strict=False)
     return sorted({re.sub(r"layers\.\d+\.", "layers.*.", name) for name in ours.keys() - shared.keys()})
+
+
+def _fused_from_parts(model: torch.nn.Module, theirs: dict[str, Tensor], missing: set[str]) -> dict[str, Tensor]:
+    """The model's fused parameters that the checkpoint keeps apart (a module's ``fused_parameters``: LaCT's
+    ``qkv`` from a DeltaNet's ``q_proj``, ``k_proj``, ``v_proj``), concatenated from their parts."""
+    out = {}
+    for prefix, module in model.named_modules():
+        for fused, parts in getattr(module, "fused_parameters", {}).items():
+            name, part_names = f"{prefix}.{fused}", [f"{prefix}.{part}" for part in parts]
+            if name in missing and all(part in theirs for part in part_names):
+                out[name] = torch.cat([theirs[part] for part in part_names])
+    return out
 
 
 def export(
