@@ -225,6 +225,7 @@ def test_a_study_resumes_where_it_stopped_and_rerenders_at_once(tiny_corpus, tin
     (out / "report.md").unlink()
     assert main(["study", "--config", str(config)]) == 0
     assert "Paired difference to `sft`" in (out / "report.md").read_text()
+    assert main(["study", "--config", str(config), "train.loop.threads=1"]) == 0  # nor with other CPU threads
 
     # changed training settings never reuse a stored cell
     assert main(["study", "--config", str(config), "train.optim.lr=0.5"]) == 2

@@ -148,6 +148,7 @@ class Cell:
         train = None if self.train is None else {**to_dict(self.train), "output_dir": None}
         if train is not None:
             train["sft"]["match_compute_of"] = self.match_compute_of
+            train["loop"]["threads"] = None  # how many CPU threads ran a cell is no part of what it measured
         return train, {**to_dict(self.suite), "output_dir": None, "progress": None}
 
     def identity(self) -> str:
