@@ -178,3 +178,23 @@ def test_pairs_with_digit_values_ask_the_whole_number_after_its_key():
             key, value = tokenizer.decode(tokens[start - 1 : start]).strip(), tokenizer.decode(tokens[start:end]).strip()
             assert tokens[start - 1] in keys and value.isdigit() and len(value) != 7  # never the NIAH value length
             assert stated[key] == value and tokenizer.decode(tokens[end : end + 1]) == ","
+
+
+@pytest.mark.parametrize("pair_numbers", [0.0, 1.0])
+def test_pairs_apart_ask_every_fact_at_least_a_quarter_of_the_segment_later(pair_numbers):
+    from refine_lm.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(REPO / "bases" / "delta_net")
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    cfg = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1], pair_numbers=pair_numbers, pairs_apart=True)
+    pairs = RetrievalEpisodeGenerator(cfg, 1024, encode, [document_text(i, 8) for i in range(40)])
+    keys, _ = pairs.pair_words()
+    for seed in range(3):
+        episode = pairs.segment(np.random.default_rng(seed), 1024)
+        tokens = episode.tokens.tolist()
+        stated_until = tokens.index(encode("\n")[0])  # the facts open the segment, then a newline
+        assert len(tokens) == 1024 and tokens[0] in keys and stated_until < 1024 // 4
+        assert len(episode.answers) >= 16 and min(start for start, _ in episode.answers) >= 1024 // 2
+        for start, end in episode.answers:  # the value stated with the key, asked after it
+            key_at = tokens.index(tokens[start - 1])
+            assert key_at < stated_until and tokens[key_at + 1 : key_at + 1 + end - start] == tokens[start:end]

@@ -172,7 +172,7 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
 
     def pairs(self, rng: np.random.Generator, n_tokens: int) -> Episode:
         """``n_tokens`` tokens: haystack, then key-value pairs (one per 16 tokens; one per 32 with digit-string
-        values), then pairs asked again."""
+        values), then pairs asked again (``pairs_apart``: the pairs, haystack, then questions in the second half)."""
         keys, values = self.pair_words()
         comma, newline = self.encode(","), self.encode("\n")
         numbers = self.cfg.pair_numbers > 0 and rng.random() < self.cfg.pair_numbers
@@ -185,7 +185,8 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         facts = [[keys[k], *value, *comma] for k, value in zip(key_ids, answers_of)]
         stated = [t for fact in facts for t in fact] + newline
         asked: list[list[int]] = []
-        room = n_tokens - len(stated) - n_tokens // 16  # a little haystack before the facts
+        # the questions' room: all but a little haystack before the facts, or (apart) the second half
+        room = n_tokens // 2 if self.cfg.pairs_apart else n_tokens - len(stated) - n_tokens // 16
         while room >= min(map(len, facts)):
             fact = facts[int(rng.integers(n))]
             if len(fact) > room:
@@ -193,7 +194,7 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
             asked.append(fact)
             room -= len(fact)
         haystack = [t for sentence in self._haystack(rng, n_tokens - len(stated) - sum(map(len, asked))) for t in sentence]
-        tokens, answers = haystack + stated, []
+        tokens, answers = (stated + haystack if self.cfg.pairs_apart else haystack + stated), []
         for fact in asked:
             answers.append((len(tokens) + 1, len(tokens) + len(fact) - len(comma)))  # the value, after its key
             tokens += fact

@@ -51,6 +51,9 @@ class RetrievalConfig:
     max_asked: facts of a ``list`` segment asked, one question each (at most).
     pair_numbers: share of ``pairs`` segments whose values are digit strings (several tokens each, copied
         after their one-token key) instead of one-token words.
+    pairs_apart: ``pairs`` segments open with their facts and ask them only in their second half, with
+        haystack between (else: a little haystack, the facts, then questions to the end), so that every
+        lookup reaches at least a quarter of the segment back: past a sliding window or a LaCT chunk of that size.
     """
 
     segments: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.2, 0.2])
@@ -61,6 +64,7 @@ class RetrievalConfig:
     max_facts: int = 16
     max_asked: int = 6
     pair_numbers: float = 0.0
+    pairs_apart: bool = False
 
     def __post_init__(self) -> None:
         if len(self.segments) != 4 or len(self.tasks) != len(TASKS):
