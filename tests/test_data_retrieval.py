@@ -91,7 +91,8 @@ def test_the_training_vocabulary_shares_nothing_with_the_evaluation():
 
 
 @pytest.mark.parametrize(
-    ("mixture", "uses_ruler_wording"), [("pairs", False), ("digits", False), ("bridge", True), ("pretrain", True)]
+    ("mixture", "uses_ruler_wording"),
+    [("pairs", False), ("pairs_apart", False), ("digits", False), ("bridge", True), ("pretrain", True)],
 )
 def test_the_pretraining_mixture_holds_no_evaluation_key_value_haystack_or_heldout_wording(tmp_path, mixture, uses_ruler_wording):
     """The retrieval corpus prepared with the settings of configs/data/<mixture>.yaml (on generated text): its training
