@@ -61,7 +61,7 @@ def test_every_task_segment_size_and_wording_occurs(generator, tokenizer):
 
 def test_a_drill_asks_every_fact_it_states_in_another_order_and_fills_its_segment(tokenizer):
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
-    drills = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 1, 0])
+    drills = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 1, 0, 0])
     generator = RetrievalEpisodeGenerator(drills, 1024, encode, [document_text(i, 4) for i in range(8)])
     reordered = False
     for seed in range(6):
@@ -79,7 +79,7 @@ def test_a_drill_asks_every_fact_it_states_in_another_order_and_fills_its_segmen
 def test_short_segments_that_cannot_hold_a_task_are_refused():
     with pytest.raises(ConfigError, match="episode_tokens >= 256"):
         RetrievalEpisodeGenerator(RetrievalConfig(), 100, lambda s: list(s.encode()), ["filler text."])
-    with pytest.raises(ValueError, match=r"retrieval\.tasks 7"):
+    with pytest.raises(ValueError, match=r"retrieval\.tasks 8"):
         RetrievalConfig(tasks=[1.0, 1.0])
 
 
@@ -92,7 +92,7 @@ def test_the_training_vocabulary_shares_nothing_with_the_evaluation():
 
 @pytest.mark.parametrize(
     ("mixture", "uses_ruler_wording"),
-    [("pairs", False), ("pairs_apart", False), ("digits", False), ("bridge", True), ("pretrain", True)],
+    [("pairs", False), ("pairs_apart", False), ("digits", False), ("bridge", True), ("pretrain", True), ("quote", True), ("digits_apart", False), ("bridge_apart", True)],
 )
 def test_the_pretraining_mixture_holds_no_evaluation_key_value_haystack_or_heldout_wording(tmp_path, mixture, uses_ruler_wording):
     """The retrieval corpus prepared with the settings of configs/data/<mixture>.yaml (on generated text): its training
@@ -143,7 +143,7 @@ def test_pairs_ask_one_token_values_after_their_keys_and_use_no_evaluation_word(
     tokenizer = load_tokenizer(REPO / "bases" / "delta_net")  # a real 8K vocabulary
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
     filler = [document_text(i, 8) + " ".join(eval_text.NOUNS + eval_text.VALUE_WORDS) for i in range(40)]
-    pairs = RetrievalEpisodeGenerator(RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1]), 512, encode, filler)
+    pairs = RetrievalEpisodeGenerator(RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1, 0]), 512, encode, filler)
     keys, values = pairs.pair_words()
     assert not set(keys) & set(values)
     words = {tokenizer.decode([t]).strip() for t in keys + values}
@@ -166,7 +166,7 @@ def test_pairs_with_digit_values_ask_the_whole_number_after_its_key():
 
     tokenizer = load_tokenizer(REPO / "bases" / "delta_net")
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
-    cfg = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1], pair_numbers=1.0)
+    cfg = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1, 0], pair_numbers=1.0)
     pairs = RetrievalEpisodeGenerator(cfg, 512, encode, [document_text(i, 8) for i in range(40)])
     keys, _ = pairs.pair_words()
     for seed in range(3):
@@ -187,7 +187,7 @@ def test_pairs_apart_ask_every_fact_at_least_a_quarter_of_the_segment_later(pair
 
     tokenizer = load_tokenizer(REPO / "bases" / "delta_net")
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
-    cfg = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1], pair_numbers=pair_numbers, pairs_apart=True)
+    cfg = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 1, 0], pair_numbers=pair_numbers, pairs_apart=True)
     pairs = RetrievalEpisodeGenerator(cfg, 1024, encode, [document_text(i, 8) for i in range(40)])
     keys, _ = pairs.pair_words()
     for seed in range(3):
@@ -199,3 +199,30 @@ def test_pairs_apart_ask_every_fact_at_least_a_quarter_of_the_segment_later(pair
         for start, end in episode.answers:  # the value stated with the key, asked after it
             key_at = tokens.index(tokens[start - 1])
             assert key_at < stated_until and tokens[key_at + 1 : key_at + 1 + end - start] == tokens[start:end]
+
+
+def test_quotes_continue_an_opening_seen_earlier_with_what_followed_it_there():
+    from refine_lm.data.retrieval import QUOTE_LEADS
+    from refine_lm.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(REPO / "bases" / "delta_net")
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    cfg = RetrievalConfig(tasks=[0, 0, 0, 0, 0, 0, 0, 1], noise_haystack=0.3)
+    quotes = RetrievalEpisodeGenerator(cfg, 1024, encode, [document_text(i, 8) for i in range(40)])
+    leads = {encode("\n" + lead)[-1]: lead for lead in QUOTE_LEADS}
+    values = []
+    for seed in range(12):
+        for size in (256, 1024):
+            episode = quotes.segment(np.random.default_rng(seed), size)
+            tokens = episode.tokens.tolist()
+            assert len(tokens) == size and episode.answers and min(s for s, _ in episode.answers) >= size // 2
+            for start, end in episode.answers:
+                line_start = max(i for i in range(start) if tokens[i] in leads or tokenizer.decode(tokens[i : i + 1]) == "\n")
+                opening, rest = tokens[line_start + 1 : start], tokens[start:end]
+                assert len(opening) >= 3 and rest
+                seen = [i for i in range(line_start - len(opening)) if tokens[i : i + len(opening)] == opening]
+                assert seen and tokens[seen[0] + len(opening) : seen[0] + len(opening) + len(rest)] == rest
+                values.append(tokenizer.decode(rest).strip())
+    numbers = [v for v in values if v.isdigit()]
+    assert numbers and len(numbers) < len(values)  # invented facts' values and the rest of corpus sentences
+    assert not [v for v in numbers if len(v) == 7]  # never the NIAH value length

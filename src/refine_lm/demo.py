@@ -52,13 +52,17 @@ class DemoConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant"))
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=60, batch_size=4, eval_every=0))
     refine: RefineConfig = field(default_factory=RefineConfig)
-    niah_tasks: list[str] = field(default_factory=lambda: ["niah_single", "niah_multikey"])
-    niah_lengths: list[int] = field(default_factory=lambda: [512, 1024])
+    # the study's clearest REFINE - SFT differences (NIAH single and multiquery, over 1K, 2K and 4K), one
+    # prompt per depth instead of its five
+    niah_tasks: list[str] = field(default_factory=lambda: ["niah_single", "niah_multiquery"])
+    niah_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
     niah: NIAHConfig = field(
-        default_factory=lambda: NIAHConfig(depths=[0, 25, 50, 75, 100], samples_per_depth=1, max_new_tokens=16)
+        default_factory=lambda: NIAHConfig(
+            depths=[0, 12.5, 25, 37.5, 50, 62.5, 75, 87.5, 100], samples_per_depth=1, max_new_tokens=24
+        )
     )
     output_dir: str = "runs/demo"
-    study: str | None = "docs/study_mid_summary.json"
+    study: str | None = "studies/mid/summary.json"
 
 
 # demo result key -> the study's metric of the same measurement

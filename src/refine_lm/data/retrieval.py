@@ -14,7 +14,10 @@ Each segment is one self-contained task::
   dozen tokens), ``pairs`` (associative recall in its barest form: pairs of one-token words,
   ``" lamp cedar, gull wheat, ..."``, then pairs asked again, the value after its key: a lookup every
   three tokens, how a small model first learns the lookup itself; the words are the corpus's
-  one-token words minus every word an evaluation prompt uses, ``data/reserved.py``);
+  one-token words minus every word an evaluation prompt uses, ``data/reserved.py``), ``quote`` (no
+  wording at all: corpus text with invented facts in it, then the openings of some of its facts and
+  sentences, each to be continued with what followed it: the lookup by the text itself, which a
+  question in any wording reduces to once its answer prefix restates the fact);
 - haystacks: corpus text (sentences of the split's own documents) or plain *noise* sentences
   cycled in a fixed order (a repetitive haystack, as RULER's noise haystack is);
 - keys: hyphenated word pairs, invented people, places and codes; values: digit strings of 3-9
@@ -113,6 +116,8 @@ NOISE_SENTENCES = (
     "The night is cool and very still.",
     "Children play a game by the wall.",
 )
+# what may stand before a quote's opening (nothing, most often): leads of this module's own, none an evaluation's
+QUOTE_LEADS = ("", "", "", "Again:", "Once more:", "Recall:", "Quote:", "As written:", "Copy:", "Echo:")
 _PLACE_ENDINGS = ("ton", "field", "burg", "port", "vale", "moor", "gate", "shire")
 _CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
 MIN_SEGMENT = 256  # tokens: room for the longest task with three quarters of haystack
@@ -201,6 +206,68 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         assert len(tokens) == n_tokens, (len(tokens), n_tokens)
         return Episode(np.asarray(tokens, dtype=np.int64), answers)
 
+    def quote(self, rng: np.random.Generator, n_tokens: int) -> Episode:
+        """``n_tokens`` tokens of corpus text with invented facts in it, then its sentences and facts quoted
+        again: the opening of one (after an optional lead such as ``Again:``), and its rest to be copied.
+
+        No wording and no question: the only way to continue a quote is to find where its opening was
+        seen and copy what followed it, a lookup by the text itself that any wording reduces to once its
+        answer prefix restates the fact. Facts are a key, a few words of a corpus sentence and a value
+        (``"Ravel Tomsen and in the morning 3481."``); sentences are the haystack's own, cut anywhere."""
+        facts, quotes = [], []  # quotes: (opening, rest) token lists
+        for _ in range(int(rng.integers(1, max(2, n_tokens // 256 * 3) + 1))):
+            words = (_sentences(self.filler[int(rng.integers(len(self.filler)))]) or ["and so"])[0].split()
+            start = int(rng.integers(len(words)))
+            middle = " ".join(words[start : start + int(rng.integers(2, 6))]).strip(".,;:!?").lower()
+            value_kind = "number" if rng.random() < self.cfg.number_values else str(rng.choice(["word", "code"]))
+            opening = self.encode(f" {KEY_KINDS[str(rng.choice(list(KEY_KINDS)))](rng)} {middle}")
+            value = self.encode(" " + VALUE_KINDS[value_kind][1](rng))
+            facts.append(opening + value + self.encode("."))
+            quotes.append((opening, value))
+        stated = sum(map(len, facts))
+        room = n_tokens // 4  # the quotes' share of the segment
+        haystack = self._haystack(np.random.default_rng(rng.integers(1 << 62)), n_tokens)  # corpus text or noise
+        if len(set(map(tuple, haystack))) == len(haystack):  # a haystack without repeats can be quoted too
+            ends = np.cumsum([len(sentence) for sentence in haystack])
+            early = [i for i in range(len(haystack)) if ends[i] <= n_tokens // 2 and len(haystack[i]) >= 6]
+            for i in rng.permutation(early)[: int(rng.integers(0, 4))]:  # always within the text kept below
+                sentence = haystack[int(i)]
+                cut = int(rng.integers(3, len(sentence) - 1))
+                quotes.append((sentence[:cut], sentence[cut : cut + 8]))
+        order = rng.permutation(len(quotes))
+        asked: list[tuple[list[int], list[int], list[int]]] = []
+        for i in order:
+            lead = self.encode("\n" + str(rng.choice(QUOTE_LEADS)))
+            opening, rest = quotes[int(i)]
+            if sum(len(a) + len(b) + len(c) for a, b, c in asked) + len(lead) + len(opening) + len(rest) > room:
+                break
+            asked.append((lead, opening, rest))
+        asked_tokens = sum(len(a) + len(b) + len(c) for a, b, c in asked)
+        body = n_tokens - stated - asked_tokens
+        kept = []  # the haystack's sentences up to the body's length (the quoted sentences come early enough)
+        total = 0
+        for sentence in haystack:
+            if total >= body:
+                break
+            kept.append(sentence[: body - total])
+            total += len(kept[-1])
+        slots: dict[int, list[list[int]]] = {}
+        for fact in facts:
+            slots.setdefault(int(rng.integers(len(kept) + 1)), []).append(fact)
+        tokens: list[int] = []
+        for position in range(len(kept) + 1):
+            for fact in slots.get(position, []):
+                tokens += fact
+            if position < len(kept):
+                tokens += kept[position]
+        answers: list[tuple[int, int]] = []
+        for lead, opening, rest in asked:
+            tokens += lead + opening
+            answers.append((len(tokens), len(tokens) + len(rest)))
+            tokens += rest
+        assert len(tokens) == n_tokens, (len(tokens), n_tokens)
+        return Episode(np.asarray(tokens, dtype=np.int64), answers)
+
     # ----- haystack ---------------------------------------------------------------------------
     def _haystack(self, rng: np.random.Generator, n_tokens: int) -> list[list[int]]:
         """Sentences (token lists) of exactly ``n_tokens`` tokens in all (the last one cut)."""
@@ -273,6 +340,8 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         task = TASKS[int(rng.choice(len(TASKS), p=np.asarray(cfg.tasks) / sum(cfg.tasks)))]
         if task == "pairs":
             return self.pairs(rng, n_tokens)
+        if task == "quote":
+            return self.quote(rng, n_tokens)
         wording = WORDINGS[0] if rng.random() < cfg.ruler_wording else WORDINGS[int(rng.integers(1, len(WORDINGS)))]
         r = rng.random()
         value_kind = "number" if r < cfg.number_values else ("word" if r < (1 + cfg.number_values) / 2 else "code")

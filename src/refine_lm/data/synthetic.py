@@ -34,7 +34,7 @@ import numpy as np
 
 from ..config import ConfigError
 
-TASKS = ("single", "multikey", "multiquery", "multivalue", "list", "drill", "pairs")  # the tasks of retrieval episodes
+TASKS = ("single", "multikey", "multiquery", "multivalue", "list", "drill", "pairs", "quote")  # the tasks of retrieval episodes
 
 
 @dataclass
@@ -57,7 +57,7 @@ class RetrievalConfig:
     """
 
     segments: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.2, 0.2])
-    tasks: list[float] = field(default_factory=lambda: [0.3, 0.25, 0.15, 0.1, 0.2, 0.0, 0.0])
+    tasks: list[float] = field(default_factory=lambda: [0.3, 0.25, 0.15, 0.1, 0.2, 0.0, 0.0, 0.0])
     noise_haystack: float = 0.4
     ruler_wording: float = 0.35
     number_values: float = 0.6
