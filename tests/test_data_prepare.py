@@ -133,8 +133,13 @@ def test_rerun_reuses_refuses_or_overwrites(built, capsys):
     root, _, corpus = built
     prepare_corpus(small_config(root / "text", corpus.path))
     assert "already prepared with these settings" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="prepared with other settings"):
+    with pytest.raises(ConfigError, match=r"prepared with other settings \(split_seed: 0 -> 1\)"):
         prepare_corpus(small_config(root / "text", corpus.path, split_seed=1))
+    # a recall-episode corpus does not depend on the retrieval mixture's settings
+    recall = small_config(root / "text", corpus.path)
+    recall.synthetic.retrieval.tasks = [0, 0, 0, 0, 0, 0, 0, 1]
+    prepare_corpus(recall)
+    assert "already prepared with these settings" in capsys.readouterr().out
     out = prepare_corpus(small_config(root / "text", root / "other", split_seed=1))
     assert split_ids(PreparedCorpus(out)) != split_ids(corpus)
 

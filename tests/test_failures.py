@@ -21,7 +21,8 @@ from refine_lm.optim import OptimConfig
 from refine_lm.refine.ntp import NextTokenObjective
 from refine_lm.refine.objective import RefineConfig
 from refine_lm.train.checkpoint import CheckpointError, RunLock, list_checkpoints
-from refine_lm.train.loop import LoopConfig, TrainingError, changed_settings, train
+from refine_lm.config import changed_settings
+from refine_lm.train.loop import RESUMABLE_CHANGES, LoopConfig, TrainingError, train
 from refine_lm.train.midtrain import TrainConfig
 from refine_lm.train.pretrain import PretrainConfig
 
@@ -70,6 +71,7 @@ def test_resuming_with_changed_settings_is_refused_with_the_changed_keys(tmp_pat
     assert changed_settings({"model": {"preset": "tiny"}, "new": 1}, {"model": {"preset": "small"}}) == [
         "model.preset: 'tiny' -> 'small'"
     ]
+    assert changed_settings({"loop": {"steps": 2}}, {"loop": {"steps": 3}}, RESUMABLE_CHANGES) == []
 
 
 def test_partial_checkpoints_are_removed_and_a_corrupt_newest_one_falls_back(tmp_path):

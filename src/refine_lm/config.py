@@ -168,6 +168,21 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def changed_settings(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """``key: old -> new`` for every dotted key of two nested settings dicts whose values differ, except
+    ``ignore`` and keys only one side has (a setting added or removed between versions)."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    common = sorted(set(a) & set(b) - set(ignore))
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in common if a[k] != b[k]]
+
+
 # ----- --help: every setting with its type, default and documentation ------------------------------------
 def field_docs(cls: type) -> dict[str, str]:
     """``name -> text`` from a dataclass docstring's ``name: text`` entries (``a / b: text`` documents both;

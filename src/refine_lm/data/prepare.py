@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, changed_settings, to_dict
 from .retrieval import RetrievalEpisodeGenerator
 from .sources import DataError, SkipLog, SourceConfig, SourceMissing, describe_source, read_source, source_files
 from .synthetic import FillerReservoir, RecallEpisodeGenerator, SyntheticConfig
@@ -161,8 +161,12 @@ class _CorpusWriter:
 
 
 def _config_fingerprint(cfg: PrepareConfig) -> dict:
+    """The settings that decide the prepared corpus: not ``overwrite``, and the retrieval mixture's only for
+    a corpus of retrieval episodes (a recall-episode corpus is the same whatever they are)."""
     settings = to_dict(cfg)
     settings.pop("overwrite")
+    if cfg.synthetic.kind != "retrieval":
+        settings["synthetic"].pop("retrieval")
     return settings
 
 
@@ -191,9 +195,11 @@ def prepare_corpus(cfg: PrepareConfig) -> Path:
     output = Path(cfg.output)
     if (output / "manifest.json").is_file() and not cfg.overwrite:
         manifest = json.loads((output / "manifest.json").read_text())
-        if manifest.get("settings") != json.loads(json.dumps(_config_fingerprint(cfg))):
+        changed = changed_settings(manifest.get("settings") or {}, json.loads(json.dumps(_config_fingerprint(cfg))))
+        if changed:
             raise ConfigError(
-                f"{output} holds a corpus prepared with other settings: choose another output or set overwrite=true"
+                f"{output} holds a corpus prepared with other settings ({'; '.join(changed)}): "
+                "choose another output or set overwrite=true"
             )
         changes = _changed_files(manifest.get("source_files", {}), {s.name: source_files(s) for s in cfg.sources})
         if changes:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import ranks
-from ..config import ConfigError
+from ..config import ConfigError, changed_settings
 from ..ops.dtypes import Precision, resolve_precision
 from ..ops.dtypes import autocast as autocast_for
 from ..optim import OptimConfig, build_optimizer, build_scheduler
@@ -119,21 +119,6 @@ RESUMABLE_CHANGES = (
 )  # fmt: skip
 
 
-def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every dotted key of two nested settings dicts whose values differ, except
-    ``RESUMABLE_CHANGES`` and keys only one side has (a setting added or removed between versions)."""
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v})
-        return out
-
-    a, b = flat(saved), flat(current)
-    common = sorted(set(a) & set(b) - set(RESUMABLE_CHANGES))
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in common if a[k] != b[k]]
-
-
 class Objective(Protocol):
     """What a trainer optimises.
 
@@ -222,7 +207,7 @@ class _Run:
             raise TrainingError(f"{output_dir}: no checkpoint there is intact (see the warnings); move them away to start over")
         if newest is not None:  # every rank reads the checkpoint before the weights are wrapped or sharded
             state = load_trainer_state(newest)
-            changed = changed_settings(state.get("config") or {}, run_config or {}) if state.get("config") else []
+            changed = changed_settings(state.get("config") or {}, run_config or {}, RESUMABLE_CHANGES) if state.get("config") else []
             if changed and not loop.resume_with_changes:
                 raise TrainingError(
                     f"{newest} was written with other settings ({'; '.join(changed)}): use another output directory, "
