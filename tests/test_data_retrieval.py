@@ -92,7 +92,16 @@ def test_the_training_vocabulary_shares_nothing_with_the_evaluation():
 
 @pytest.mark.parametrize(
     ("mixture", "uses_ruler_wording"),
-    [("pairs", False), ("pairs_apart", False), ("digits", False), ("bridge", True), ("pretrain", True), ("quote", True), ("digits_apart", False), ("bridge_apart", True)],
+    [
+        ("pairs", False),
+        ("pairs_apart", False),
+        ("digits", False),
+        ("digits_apart", False),
+        ("bridge", True),
+        ("bridge_apart", True),
+        ("pretrain", True),
+        ("quote", True),
+    ],
 )
 def test_the_pretraining_mixture_holds_no_evaluation_key_value_haystack_or_heldout_wording(tmp_path, mixture, uses_ruler_wording):
     """The retrieval corpus prepared with the settings of configs/data/<mixture>.yaml (on generated text): its training

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from refine_lm.config import ConfigError, load_config
+from refine_lm.config import ConfigError, changed_settings, load_config
 from refine_lm.data import prepare_corpus
 from refine_lm.data.records import string_list
 from refine_lm.data.tokenizer import check_vocabulary, load_tokenizer
@@ -21,7 +21,6 @@ from refine_lm.optim import OptimConfig
 from refine_lm.refine.ntp import NextTokenObjective
 from refine_lm.refine.objective import RefineConfig
 from refine_lm.train.checkpoint import CheckpointError, RunLock, list_checkpoints
-from refine_lm.config import changed_settings
 from refine_lm.train.loop import RESUMABLE_CHANGES, LoopConfig, TrainingError, train
 from refine_lm.train.midtrain import TrainConfig
 from refine_lm.train.pretrain import PretrainConfig

@@ -146,6 +146,18 @@ def _join(keys: list[str]) -> str:
     return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
 
 
+def _interleave(sentences: list[list[int]], slots: dict[int, list[list[int]]]) -> list[int]:
+    """The sentences' tokens with ``slots[i]`` (facts, needles) placed before sentence ``i``; ``slots[len(sentences)]``
+    after the last."""
+    tokens: list[int] = []
+    for position in range(len(sentences) + 1):
+        for inserted in slots.get(position, []):
+            tokens += inserted
+        if position < len(sentences):
+            tokens += sentences[position]
+    return tokens
+
+
 class RetrievalEpisodeGenerator(EpisodeGenerator):
     """Builds retrieval episodes of exactly ``episode_tokens`` tokens from filler text and ``encode``."""
 
@@ -254,12 +266,7 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         slots: dict[int, list[list[int]]] = {}
         for fact in facts:
             slots.setdefault(int(rng.integers(len(kept) + 1)), []).append(fact)
-        tokens: list[int] = []
-        for position in range(len(kept) + 1):
-            for fact in slots.get(position, []):
-                tokens += fact
-            if position < len(kept):
-                tokens += kept[position]
+        tokens = _interleave(kept, slots)
         answers: list[tuple[int, int]] = []
         for lead, opening, rest in asked:
             tokens += lead + opening
@@ -393,12 +400,7 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
             slots = {}
             for needle in needles:
                 slots.setdefault(int(rng.integers(len(haystack) + 1)), []).append(needle)
-        tokens: list[int] = list(intro)
-        for position in range(len(haystack) + 1):
-            for needle in slots.get(position, []):
-                tokens += needle
-            if position < len(haystack):
-                tokens += haystack[position]
+        tokens = list(intro) + _interleave(haystack, slots)
         answers: list[tuple[int, int]] = []
         for prompt, answer, stop in questions:
             tokens += prompt

@@ -207,7 +207,8 @@ class _Run:
             raise TrainingError(f"{output_dir}: no checkpoint there is intact (see the warnings); move them away to start over")
         if newest is not None:  # every rank reads the checkpoint before the weights are wrapped or sharded
             state = load_trainer_state(newest)
-            changed = changed_settings(state.get("config") or {}, run_config or {}, RESUMABLE_CHANGES) if state.get("config") else []
+            saved = state.get("config")
+            changed = changed_settings(saved, run_config or {}, RESUMABLE_CHANGES) if saved else []
             if changed and not loop.resume_with_changes:
                 raise TrainingError(
                     f"{newest} was written with other settings ({'; '.join(changed)}): use another output directory, "
