@@ -42,7 +42,8 @@ class RetrievalConfig:
     """The mix of retrieval episodes (``synthetic.kind: retrieval``, see ``retrieval.py``).
 
     segments: relative weights of cutting an episode into 1, 2, 4 or 8 segments.
-    tasks: relative weights of the tasks, in the order of ``TASKS``.
+    tasks: relative weights of the tasks, in this order: single, multikey, multiquery, multivalue, list, drill,
+        pairs, quote (``retrieval.py`` describes each).
     noise_haystack: share of segments whose haystack is noise sentences (else corpus text).
     ruler_wording: share of segments in the first wording of ``WORDINGS`` (RULER's); the rest draw
         uniformly from the others.
