@@ -241,8 +241,9 @@ class RetrievalEpisodeGenerator(EpisodeGenerator):
         haystack = self._haystack(np.random.default_rng(rng.integers(1 << 62)), n_tokens)  # corpus text or noise
         if len(set(map(tuple, haystack))) == len(haystack):  # a haystack without repeats can be quoted too
             ends = np.cumsum([len(sentence) for sentence in haystack])
-            early = [i for i in range(len(haystack)) if ends[i] <= n_tokens // 2 and len(haystack[i]) >= 6]
-            for i in rng.permutation(early)[: int(rng.integers(0, 4))]:  # always within the text kept below
+            kept_at_least = min(n_tokens // 2, n_tokens - room - stated)  # the text kept below, whatever is asked
+            early = [i for i in range(len(haystack)) if ends[i] <= kept_at_least and len(haystack[i]) >= 6]
+            for i in rng.permutation(early)[: int(rng.integers(0, 4))]:
                 sentence = haystack[int(i)]
                 cut = int(rng.integers(3, len(sentence) - 1))
                 quotes.append((sentence[:cut], sentence[cut : cut + 8]))
